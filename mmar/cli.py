@@ -1,0 +1,42 @@
+"""`mmar fit|validate|test|predict --config ...`: the LightningCLI entry point.
+
+Models and data are given by class path in YAML (`model: {class_path: mmar.lit.GeneratorModule, ...}`),
+so every LightningModule and DataModule in mmar (and in user code) is reachable from one command.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+from mmar.errors import ConfigError
+
+
+class MMARCLI(LightningCLI):
+    """LightningCLI with mmar's defaults: subclass mode for model and data, config saved per run."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(
+            LightningModule,
+            LightningDataModule,
+            *args,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            **kwargs,
+        )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console script `mmar`; bad input ends with one `error: ...` line and exit code 2."""
+    try:
+        MMARCLI(args=args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
