@@ -33,9 +33,19 @@ def main(args: list[str] | None = None) -> None:
     """Console script `mmar`; bad input ends with one `error: ...` line and exit code 2."""
     try:
         MMARCLI(args=args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:
+        config_error = _config_error_in(err)
+        if config_error is None:
+            raise
+        print(f"error: {config_error}", file=sys.stderr)
         sys.exit(2)
+
+
+def _config_error_in(err: BaseException | None) -> ConfigError | None:
+    """The ConfigError behind `err`: jsonargparse wraps errors raised while instantiating classes."""
+    while err is not None and not isinstance(err, ConfigError):
+        err = err.__cause__ or err.__context__
+    return err
 
 
 if __name__ == "__main__":

@@ -1,0 +1,97 @@
+"""Token sampling: CFG mix, temperature, top-k / top-p / min-p filtering and a Gumbel-max draw.
+
+The torch path is the specification, applied in this order:
+1. mix: `u + s * (c - u)` when unconditional logits are given (classifier-free guidance, s per row);
+2. temperature: logits / T (T = 0 means greedy argmax);
+3. filters, each on the distribution left by the previous one: top-k (keep logits >= the k-th
+   largest), top-p (keep the smallest set of most likely tokens whose mass reaches p), min-p (keep
+   tokens with probability >= min_p * max probability);
+4. draw: argmax(logits + Gumbel noise), an exact sample from softmax(logits), seeded by a generator.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mmar.kernels.dispatch import resolve_impl
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> torch.Tensor:
+    """Set the logits of filtered-out tokens to -inf. logits [B, V] -> [B, V]."""
+    logits = logits.float()
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        mass_before = probs.cumsum(-1) - probs  # probability of the strictly more likely tokens
+        drop_sorted = mass_before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    if min_p > 0.0:
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), float("-inf"))
+    return logits
+
+
+def cfg_mix(cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance on logits: u + s (c - u); `scale` is a float or per-row [B]."""
+    if torch.is_tensor(scale) and scale.ndim == 1:
+        scale = scale[:, None]
+    return uncond + scale * (cond - uncond)
+
+
+def sample_reference(
+    logits: torch.Tensor,
+    uncond_logits: torch.Tensor | None = None,
+    cfg_scale: float | torch.Tensor = 1.0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The specification of `sample` (see module docstring). logits [B, V] -> ids [B]."""
+    logits = logits.float()
+    if uncond_logits is not None:
+        logits = cfg_mix(logits, uncond_logits.float(), cfg_scale)
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = filter_logits(logits / temperature, top_k, top_p, min_p)
+    uniform = torch.rand(logits.shape, generator=generator, device=logits.device)
+    gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-20)))  # (B, V)
+    return (logits + gumbel).argmax(-1)
+
+
+def sample(
+    logits: torch.Tensor,
+    uncond_logits: torch.Tensor | None = None,
+    cfg_scale: float | torch.Tensor = 1.0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    generator: torch.Generator | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Pick one token per row. logits [B, V] (and uncond_logits [B, V] for CFG) -> ids [B] (long).
+
+    Args:
+        logits: conditional logits.
+        uncond_logits: unconditional logits; when given, logits are mixed as u + s (c - u).
+        cfg_scale: guidance scale s, a float or a per-row tensor [B].
+        temperature: softmax temperature; 0 picks the argmax.
+        top_k: keep the k most likely tokens (0 = off).
+        top_p: nucleus mass (1.0 = off).
+        min_p: keep tokens with probability >= min_p * max probability (0 = off).
+        generator: a seeded torch.Generator on the logits' device for reproducible draws.
+        impl: "auto" | "torch".
+    """
+    if temperature < 0 or not 0 < top_p <= 1 or not 0 <= min_p <= 1 or top_k < 0:
+        raise ValueError(
+            f"invalid sampling settings temperature={temperature}, top_k={top_k}, top_p={top_p}, "
+            f"min_p={min_p}: need temperature >= 0, top_k >= 0, 0 < top_p <= 1, 0 <= min_p <= 1"
+        )
+    resolve_impl(impl, ("torch",))
+    return sample_reference(logits, uncond_logits, cfg_scale, temperature, top_k, top_p, min_p, generator)

@@ -1,0 +1,158 @@
+"""GeneratorModule: trunk + prediction unit + conditioning over a frozen tokenizer.
+
+Training batches are either images ({"image", "label"}, tokenised on the fly by the frozen tokenizer)
+or cached tokens ({"tokens", "label"}, from `scripts/cache_tokens.py`). Hyper-parameters are primitives,
+so checkpoints load with `weights_only=True`; EMA comes from Lightning's `EMAWeightAveraging` callback
+in the config, whose averaged weights are what the checkpoint's state_dict holds.
+"""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch import LightningModule
+
+from mmar.conditioning import ClassCondition
+from mmar.errors import ConfigError
+from mmar.lit.optim import adamw_with_schedule
+from mmar.sampling import Sampler
+from mmar.trunk import Trunk, trunk_config
+from mmar.units import UNITS, build_unit
+from tokenizers_visual import load_tokenizer
+
+
+class GeneratorModule(LightningModule):
+    def __init__(
+        self,
+        tokenizer: str,
+        unit: str = "next_token",
+        unit_kwargs: dict | None = None,
+        trunk: str = "debug",
+        trunk_overrides: dict | None = None,
+        image_size: int = 32,
+        num_classes: int = 10,
+        class_dropout: float = 0.1,
+        vocab_size: int | None = None,
+        lr: float = 3e-4,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.05,
+        warmup_steps: int = 100,
+        lr_schedule: str = "cosine",
+        min_lr_ratio: float = 0.1,
+    ):
+        """A class-conditional generator.
+
+        Args:
+            tokenizer: folder of a tokenizer saved with `save_pretrained` (frozen here).
+            unit: prediction unit name (see `mmar.units.UNITS`).
+            unit_kwargs: extra constructor arguments of the unit.
+            trunk: trunk preset name (debug, S, B, L).
+            trunk_overrides: TrunkConfig fields that override the preset, e.g. {"n_layer": 4}.
+            image_size: training image size; with the tokenizer it fixes the token grid.
+            num_classes: number of classes (a null class is added for guidance).
+            class_dropout: probability of replacing a label with the null class in training.
+            vocab_size: expected tokenizer vocabulary; checked against the tokenizer when given.
+            lr, betas, weight_decay: AdamW settings.
+            warmup_steps: linear warmup steps.
+            lr_schedule: "cosine" (to min_lr_ratio * lr) or "constant" after warmup.
+            min_lr_ratio: final LR fraction of the cosine schedule.
+        """
+        super().__init__()
+        if unit not in UNITS:
+            raise ConfigError(f"unknown prediction unit model.unit='{unit}'; registered units: {sorted(UNITS)}")
+        self.tokenizer = load_tokenizer(tokenizer).requires_grad_(False)
+        if self.tokenizer.kind not in UNITS[unit].token_kinds:
+            raise ConfigError(
+                f"the {unit} unit models {UNITS[unit].token_kinds} tokens but the tokenizer at '{tokenizer}' "
+                f"is {self.tokenizer.kind}; pick a matching tokenizer or unit"
+            )
+        if vocab_size is not None and vocab_size != self.tokenizer.vocab_size:
+            raise ConfigError(
+                f"model.vocab_size={vocab_size} does not match the tokenizer at '{tokenizer}' "
+                f"(vocabulary {self.tokenizer.vocab_size}); use the tokenizer the generator was trained with"
+            )
+        self.image_shape = (self.tokenizer.in_channels, image_size, image_size)
+        self.grid = self.tokenizer.grid(self.image_shape)
+        config = trunk_config(trunk, **(trunk_overrides or {}))
+        self.trunk = Trunk(config)
+        self.conditioning = ClassCondition(num_classes, config.d_model, dropout=class_dropout)
+        self.unit = build_unit(
+            unit, d_model=config.d_model, grid=self.grid, vocab_size=self.tokenizer.vocab_size, **(unit_kwargs or {})
+        )
+        self.save_hyperparameters()
+        self.hparams.vocab_size = self.tokenizer.vocab_size  # checkpoints remember the vocabulary they need
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.tokenizer.eval()  # frozen: never in training mode
+        return self
+
+    @torch.no_grad()
+    def tokens_of(self, batch: dict) -> torch.Tensor:
+        """Token grid [B, *grid] of a batch: cached tokens, or images encoded by the tokenizer."""
+        if "tokens" in batch:
+            tokens = batch["tokens"].long()
+            if tokens.numel() and tokens.max() >= self.tokenizer.vocab_size:
+                raise ConfigError(
+                    f"cached token id {tokens.max().item()} is outside the tokenizer's vocabulary "
+                    f"({self.tokenizer.vocab_size}); rebuild the cache with this tokenizer"
+                )
+            return tokens
+        images = batch["image"]
+        if tuple(images.shape[1:]) != self.image_shape:
+            raise ConfigError(
+                f"images of shape {tuple(images.shape[1:])} do not match model.image_size -> {self.image_shape}; "
+                "set data and model image sizes to the same value"
+            )
+        return self.tokenizer.encode(images)
+
+    def step_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        tokens = self.tokens_of(batch)
+        unit_batch = self.unit.prepare(tokens, self.conditioning(batch["label"]))
+        hidden = self.trunk(unit_batch.inputs, unit_batch.positions, unit_batch.mask)
+        return self.unit.loss(hidden, unit_batch)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        losses = self.step_losses(batch)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True)
+        return losses["loss"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        losses = self.step_losses(batch)
+        self.log_dict({f"val/{k}": v for k, v in losses.items()}, prog_bar=True, sync_dist=True)
+
+    @torch.no_grad()
+    def generate(self, labels: torch.Tensor, sampler: Sampler | None = None) -> torch.Tensor:
+        """Class-conditional samples: labels [B] -> images [B, C, H, W] in [-1, 1]."""
+        return self.tokenizer.decode(self.generate_tokens(labels, sampler))
+
+    @torch.no_grad()
+    def generate_tokens(self, labels: torch.Tensor, sampler: Sampler | None = None) -> torch.Tensor:
+        """Class-conditional token grids: labels [B] -> tokens [B, *grid]."""
+        sampler = sampler or Sampler()
+        cond = self.conditioning.for_sampling(labels.to(self.device), sampler.guided)
+        return self.unit.generate(self.trunk, cond, self.grid, sampler)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.generate(batch["label"])
+
+    def on_fit_start(self) -> None:
+        meta = getattr(self.trainer.datamodule, "meta", None) or {}
+        if meta.get("vocab_size", self.tokenizer.vocab_size) != self.tokenizer.vocab_size:
+            raise ConfigError(
+                f"the token cache was built with a vocabulary of {meta['vocab_size']} but the generator's "
+                f"tokenizer has {self.tokenizer.vocab_size}; rebuild the cache with scripts/cache_tokens.py"
+            )
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        trainable = torch.nn.ModuleList([self.trunk, self.conditioning, self.unit])
+        return adamw_with_schedule(
+            trainable,
+            hp.lr,
+            hp.betas,
+            hp.weight_decay,
+            hp.warmup_steps,
+            self.trainer.estimated_stepping_batches,
+            hp.lr_schedule,
+            hp.min_lr_ratio,
+        )

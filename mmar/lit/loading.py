@@ -1,0 +1,23 @@
+"""Loading trained LightningModules from checkpoints, with errors that say what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mmar.errors import ConfigError
+
+
+def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu"):
+    """A GeneratorModule from a Lightning checkpoint (weights_only load; EMA weights when trained with EMA)."""
+    from mmar.lit.generator_module import GeneratorModule
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ConfigError(
+            f"checkpoint not found: '{checkpoint}'; train a generator first (e.g. `mmar fit --config "
+            "configs/quickstart/digits_ar.yaml`) or pass the path of an existing .ckpt"
+        )
+    module = GeneratorModule.load_from_checkpoint(path, map_location=device, weights_only=True)
+    return module.to(device).eval()

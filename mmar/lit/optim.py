@@ -1,0 +1,47 @@
+"""AdamW with linear warmup and a cosine or constant schedule, shared by the LightningModules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mmar.errors import ConfigError
+
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def warmup_schedule(step: int, warmup_steps: int, total_steps: int, schedule: str, min_ratio: float) -> float:
+    """LR multiplier: linear warmup to 1, then cosine decay to `min_ratio` (or constant 1)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def adamw_with_schedule(
+    module: nn.Module,
+    lr: float,
+    betas: tuple[float, float],
+    weight_decay: float,
+    warmup_steps: int,
+    total_steps: int,
+    schedule: str = "cosine",
+    min_lr_ratio: float = 0.1,
+) -> dict:
+    """Lightning optimiser config; weight decay only on matrices (not norms, biases or gains)."""
+    if schedule not in LR_SCHEDULES:
+        raise ConfigError(f"unknown lr_schedule '{schedule}'; choose one of {LR_SCHEDULES}")
+    params = [p for p in module.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_schedule(step, warmup_steps, total_steps, schedule, min_lr_ratio)
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,98 @@
+"""Sampler settings and classifier-free guidance schedules shared by every prediction unit.
+
+A unit's generation loop calls `sampler.pick(logits, progress, generator)` once per step, where
+`progress` in [0, 1) is the fraction of the output already generated before the step. The guidance
+scale at that point follows one of these schedules (s = `cfg_scale`, p = progress):
+
+- "constant": s
+- "linear":   1 + (s - 1) p                             (linear ramp, as in MUSE/MAR)
+- "cosine":   1 + (s - 1) (1 - cos(pi p^power)) / 2     (cosine-power ramp)
+- "interval": s for lo <= p <= hi, else 1               (guidance in a limited interval)
+
+The CFG batch is `cat([cond, null])` (LlamaGen): the first half of the logits is conditional.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from mmar.errors import ConfigError
+from mmar.kernels import sample
+
+CFG_SCHEDULES = ("constant", "linear", "cosine", "interval")
+
+
+@dataclass
+class Sampler:
+    temperature: float = 1.0
+    """Softmax temperature; 0 is greedy."""
+    top_k: int = 0
+    """Keep the k most likely tokens (0 = off)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0 = off)."""
+    min_p: float = 0.0
+    """Keep tokens with probability >= min_p * the top probability (0 = off)."""
+    cfg_scale: float = 1.0
+    """Classifier-free guidance scale s in u + s (c - u); 1.0 disables guidance."""
+    cfg_schedule: str = "constant"
+    """How the scale evolves over generation: constant | linear | cosine | interval."""
+    cfg_power: float = 1.0
+    """Exponent of the cosine-power schedule."""
+    cfg_interval: tuple[float, float] = (0.0, 1.0)
+    """Progress interval [lo, hi] in which the interval schedule guides."""
+    seed: int | None = None
+    """Seed of the per-call random generator (None = nondeterministic)."""
+
+    def __post_init__(self):
+        if self.cfg_schedule not in CFG_SCHEDULES:
+            raise ConfigError(f"unknown cfg_schedule '{self.cfg_schedule}'; choose one of {CFG_SCHEDULES}")
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1 or not 0 <= self.min_p <= 1:
+            raise ConfigError(
+                f"invalid sampler settings (temperature={self.temperature}, top_k={self.top_k}, "
+                f"top_p={self.top_p}, min_p={self.min_p}): need temperature >= 0, top_k >= 0, "
+                "0 < top_p <= 1, 0 <= min_p <= 1"
+            )
+
+    @property
+    def guided(self) -> bool:
+        """Whether generation runs the doubled CFG batch."""
+        return self.cfg_scale != 1.0
+
+    def scale_at(self, progress: float) -> float:
+        """Guidance scale after a fraction `progress` of the output has been generated."""
+        s, p = self.cfg_scale, progress
+        if self.cfg_schedule == "linear":
+            return 1 + (s - 1) * p
+        if self.cfg_schedule == "cosine":
+            return 1 + (s - 1) * (1 - math.cos(math.pi * p**self.cfg_power)) / 2
+        if self.cfg_schedule == "interval":
+            lo, hi = self.cfg_interval
+            return s if lo <= p <= hi else 1.0
+        return s
+
+    def generator(self, device: torch.device | str) -> torch.Generator | None:
+        """A fresh generator seeded with `seed` for one generate call (None when unseeded)."""
+        if self.seed is None:
+            return None
+        return torch.Generator(device=device).manual_seed(self.seed)
+
+    def pick(
+        self, logits: torch.Tensor, progress: float = 0.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Tokens from logits [B, V] (or the CFG batch [2B, V], cond first) -> ids [B]."""
+        uncond = None
+        if self.guided:
+            logits, uncond = logits.chunk(2)
+        return sample(
+            logits,
+            uncond,
+            cfg_scale=self.scale_at(progress),
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            min_p=self.min_p,
+            generator=generator,
+        )

@@ -1,0 +1,227 @@
+"""The shared transformer trunk: a Llama-style decoder used by every prediction unit.
+
+RMSNorm, SwiGLU, multi-axis RoPE (1D text, 2D image (row, col), 3D video (t, row, col)), optional
+QK-norm and optional AdaLN conditioning (DiT's adaLN-Zero), and a static KV cache for decoding
+(LlamaGen, Sun et al. 2024). The trunk knows nothing about orders, blocks or heads: a unit hands it
+embeddings, positions and a mask object; all attention goes through `mmar.kernels.attention`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmar.errors import ConfigError
+from mmar.kernels import Mask, attention
+
+
+@dataclass(frozen=True)
+class TrunkConfig:
+    n_layer: int = 2
+    """Number of transformer blocks."""
+    n_head: int = 4
+    """Attention heads; d_model must be divisible by it."""
+    d_model: int = 64
+    """Width of the residual stream."""
+    ffn_multiple_of: int = 64
+    """SwiGLU hidden size is 8/3 * d_model rounded up to a multiple of this."""
+    qk_norm: bool = False
+    """RMS-normalise queries and keys per head before RoPE (stabilises large models)."""
+    adaln: bool = False
+    """Condition every block on a vector via adaLN-Zero shift/scale/gate instead of prefix tokens only."""
+    rope_base: float = 10000.0
+    """RoPE base frequency."""
+    norm_eps: float = 1e-5
+    """RMSNorm epsilon."""
+    dropout: float = 0.0
+    """Residual and attention-output dropout."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+
+TRUNK_PRESETS: dict[str, TrunkConfig] = {
+    "debug": TrunkConfig(n_layer=2, n_head=4, d_model=64),
+    "S": TrunkConfig(n_layer=12, n_head=8, d_model=512),
+    "B": TrunkConfig(n_layer=12, n_head=12, d_model=768),  # LlamaGen GPT-B (111M with its embeddings)
+    "L": TrunkConfig(n_layer=24, n_head=16, d_model=1024),  # LlamaGen GPT-L
+}
+
+
+def trunk_config(preset: str = "debug", **overrides) -> TrunkConfig:
+    """A named preset with optional field overrides, e.g. `trunk_config("S", n_layer=6)`."""
+    if preset not in TRUNK_PRESETS:
+        raise ConfigError(f"unknown trunk preset '{preset}'; choose one of {sorted(TRUNK_PRESETS)}")
+    fields = set(asdict(TRUNK_PRESETS[preset]))
+    unknown = set(overrides) - fields
+    if unknown:
+        raise ConfigError(f"unknown trunk field(s) {sorted(unknown)}; TrunkConfig has {sorted(fields)}")
+    config = replace(TRUNK_PRESETS[preset], **overrides)
+    if config.d_model % config.n_head or config.head_dim % 2:
+        raise ConfigError(f"d_model={config.d_model} must split into {config.n_head} heads of even size")
+    return config
+
+
+def rope_angles(positions: torch.Tensor, head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """Rotation angles for multi-axis RoPE. positions [..., T, A] -> angles [..., T, head_dim // 2].
+
+    The head_dim/2 rotation pairs are split evenly across the A axes (as LlamaGen's 2D RoPE splits
+    them between rows and columns); each axis uses the 1D frequency ladder over its share. Pairs left
+    over when A does not divide head_dim/2 get angle 0. A position of all zeros (the condition
+    tokens) is the identity rotation.
+    """
+    n_axes = positions.shape[-1]
+    pairs = head_dim // 2 // n_axes
+    freqs = base ** (-torch.arange(pairs, device=positions.device, dtype=torch.float32) / pairs)  # (P,)
+    angles = positions.float()[..., None] * freqs  # (..., T, A, P)
+    angles = angles.flatten(-2)  # (..., T, A * P)
+    return F.pad(angles, (0, head_dim // 2 - angles.shape[-1]))
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs of x [B, H, T, D] by angles given as cos/sin [B or 1, 1, T, D/2]."""
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, H, T, D/2) each
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+class KVCache:
+    """Static key/value buffers [B, H, max_len, Dh] per layer; `length` is the number of filled slots."""
+
+    def __init__(self, config: TrunkConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
+        shape = (batch, config.n_head, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.max_len = max_len
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k/v [B, H, T, Dh] after the filled part; return all filled keys/values of the layer."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} positions > max_len {self.max_len}")
+        self.k[layer][:, :, self.length : end] = k
+        self.v[layer][:, :, self.length : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: TrunkConfig):
+        super().__init__()
+        self.n_head, self.head_dim = config.n_head, config.head_dim
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else nn.Identity()
+
+    def forward(self, x, cos, sin, mask: Mask | None, cache: KVCache | None, layer: int):
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.n_head, self.head_dim)).transpose(1, 3).unbind(2)
+        q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)  # (B, H, T, Dh)
+        q_offset = 0
+        if cache is not None:
+            q_offset = cache.length
+            k, v = cache.update(layer, k, v)  # (B, H, Tkv, Dh)
+        out = attention(q, k, v, mask, q_offset=q_offset)  # (B, H, T, Dh)
+        return self.proj(out.transpose(1, 2).flatten(2))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, config: TrunkConfig):
+        super().__init__()
+        m = config.ffn_multiple_of
+        hidden = (int(8 * config.d_model / 3) + m - 1) // m * m
+        self.w_gate_up = nn.Linear(config.d_model, 2 * hidden, bias=False)
+        self.w_down = nn.Linear(hidden, config.d_model, bias=False)
+
+    def forward(self, x):
+        gate, up = self.w_gate_up(x).chunk(2, dim=-1)
+        return self.w_down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, config: TrunkConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.norm1 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.attn = Attention(config)
+        self.norm2 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.ffn = SwiGLU(config)
+        self.drop = nn.Dropout(config.dropout)
+        # adaLN-Zero: shift/scale/gate for both sub-blocks (zero-initialised by the Trunk)
+        self.ada = nn.Linear(config.d_model, 6 * config.d_model) if config.adaln else None
+
+    def forward(self, x, cos, sin, mask, cache, cond):
+        if self.ada is None:
+            x = x + self.drop(self.attn(self.norm1(x), cos, sin, mask, cache, self.layer))
+            return x + self.drop(self.ffn(self.norm2(x)))
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(F.silu(cond))[:, None].chunk(6, dim=-1)
+        h = self.norm1(x) * (1 + scale1) + shift1
+        x = x + gate1 * self.drop(self.attn(h, cos, sin, mask, cache, self.layer))
+        h = self.norm2(x) * (1 + scale2) + shift2
+        return x + gate2 * self.drop(self.ffn(h))
+
+
+class Trunk(nn.Module):
+    """Decoder stack. `forward(x, positions, mask, cond, cache) -> hidden`, all shapes [B, T, D]."""
+
+    def __init__(self, config: TrunkConfig):
+        super().__init__()
+        self.config = config
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.final_ada = nn.Linear(config.d_model, 2 * config.d_model) if config.adaln else None
+        self.apply(_init_weights)
+        for ada in [block.ada for block in self.blocks] + [self.final_ada]:
+            if ada is not None:  # adaLN-Zero: every block starts as the identity
+                nn.init.zeros_(ada.weight)
+                nn.init.zeros_(ada.bias)
+
+    def make_cache(self, batch: int, max_len: int, device=None, dtype=torch.float32) -> KVCache:
+        return KVCache(self.config, batch, max_len, device=device, dtype=dtype)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        mask: Mask | None = None,
+        cond: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Run the stack.
+
+        Args:
+            x: input embeddings [B, T, D].
+            positions: grid coordinates [T, A] or [B, T, A] (A = 1, 2 or 3 axes); zeros = no rotation.
+            mask: attention mask object over absolute positions (None = bidirectional).
+            cond: [B, D] conditioning vector, required when the trunk uses AdaLN.
+            cache: KV cache; x is placed after `cache.length` filled positions, which then advances.
+
+        Returns:
+            hidden states [B, T, D] after the final norm.
+        """
+        if self.config.adaln and cond is None:
+            raise ValueError("this trunk uses AdaLN (adaln=True) and needs a cond vector [B, D]")
+        if positions.shape[-2] != x.shape[1]:
+            raise ValueError(f"positions {tuple(positions.shape)} do not match {x.shape[1]} inputs")
+        angles = rope_angles(positions, self.config.head_dim, self.config.rope_base)  # (B?, T, Dh/2)
+        cos, sin = angles.cos().unsqueeze(-3), angles.sin().unsqueeze(-3)  # broadcast over heads
+        for block in self.blocks:
+            x = block(x, cos, sin, mask, cache, cond)
+        if cache is not None:
+            cache.length += x.shape[1]
+        x = self.norm(x)
+        if self.final_ada is not None:
+            shift, scale = self.final_ada(F.silu(cond))[:, None].chunk(2, dim=-1)
+            x = x * (1 + scale) + shift
+        return x
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

@@ -1,0 +1,21 @@
+"""Prediction units by name. Registering a new unit is one line in `UNITS`."""
+
+from __future__ import annotations
+
+from mmar.errors import ConfigError
+from mmar.units.base import PredictionUnit, UnitBatch, grid_positions
+from mmar.units.next_token import NextToken
+
+UNITS: dict[str, type[PredictionUnit]] = {
+    NextToken.name: NextToken,
+}
+
+
+def build_unit(name: str, **kwargs) -> PredictionUnit:
+    """Instantiate the unit registered as `name` with its constructor kwargs."""
+    if name not in UNITS:
+        raise ConfigError(f"unknown prediction unit '{name}'; registered units: {sorted(UNITS)}")
+    return UNITS[name](**kwargs)
+
+
+__all__ = ["UNITS", "NextToken", "PredictionUnit", "UnitBatch", "build_unit", "grid_positions"]

@@ -1,0 +1,84 @@
+"""GeneratorModule end to end on the debug tokenizer: training, checkpoint round trip, sampling script."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+
+from mmar.data import DigitsDataModule
+from mmar.errors import ConfigError
+from mmar.lit import GeneratorModule
+from mmar.lit.loading import load_generator
+from mmar.sampling import Sampler
+
+
+@pytest.fixture(scope="module")
+def trained(debug_tokenizer, tmp_path_factory):
+    """A debug generator trained a few steps with EMA, saved by ModelCheckpoint."""
+    root = tmp_path_factory.mktemp("gen")
+    model = GeneratorModule(tokenizer=debug_tokenizer, image_size=32, warmup_steps=1)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=root,
+        callbacks=[EMAWeightAveraging(decay=0.5), ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
+    )
+    trainer.fit(model, DigitsDataModule(image_size=32, batch_size=8))
+    return model, root / "ckpt" / "last.ckpt"
+
+
+def test_checkpoint_loads_weights_only_and_generates(trained):
+    model, ckpt = trained
+    loaded = load_generator(ckpt)
+    assert loaded.grid == (8, 8)
+    images = loaded.generate(torch.tensor([0, 5]), Sampler(seed=0, cfg_scale=2.0))
+    assert images.shape == (2, 1, 32, 32)
+    again = loaded.generate(torch.tensor([0, 5]), Sampler(seed=0, cfg_scale=2.0))
+    assert torch.equal(images, again)  # per-call seed
+
+
+def test_token_cache_batches_train_like_images(trained):
+    model, _ = trained
+    batch = {"image": torch.rand(4, 1, 32, 32) * 2 - 1, "label": torch.arange(4)}
+    model.eval()
+    tokens = model.tokens_of(batch)
+    torch.manual_seed(0)
+    from_images = model.step_losses(batch)["loss"]
+    torch.manual_seed(0)
+    from_tokens = model.step_losses({"tokens": tokens.int(), "label": batch["label"]})["loss"]
+    torch.testing.assert_close(from_images, from_tokens)
+    with pytest.raises(ConfigError, match="outside the tokenizer's vocabulary"):
+        model.tokens_of({"tokens": tokens + 10_000, "label": batch["label"]})
+
+
+def test_grid_mismatch_errors(debug_tokenizer, trained):
+    with pytest.raises(ConfigError, match="not divisible by the tokenizer's downsampling factor 4"):
+        GeneratorModule(tokenizer=debug_tokenizer, image_size=30)
+    model, _ = trained
+    with pytest.raises(ConfigError, match="do not match model.image_size"):
+        model.tokens_of({"image": torch.zeros(2, 1, 16, 16), "label": torch.zeros(2, dtype=torch.long)})
+
+
+def test_sample_script_writes_grid_and_metrics(trained, tmp_path):
+    _, ckpt = trained
+    out = tmp_path / "samples"
+    cmd = [sys.executable, "scripts/sample.py", "--ckpt", str(ckpt), "--out", str(out), "--per-class", "2"]
+    subprocess.run([*cmd, "--classes", "1", "2", "--cfg-scale", "1.5", "--top-k", "5"], check=True)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_images"] == 4 and metrics["forward_passes_per_image"] == 64
+    assert (out / "grid.png").stat().st_size > 0
+
+
+def test_sample_script_missing_checkpoint_is_one_line_error(tmp_path):
+    cmd = [sys.executable, "scripts/sample.py", "--ckpt", str(tmp_path / "missing.ckpt")]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: checkpoint not found")
+    assert "\n" not in result.stderr.strip()
