@@ -16,7 +16,9 @@ import torch
 from mmar.kernels.dispatch import resolve_impl
 
 
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> torch.Tensor:
+def filter_logits(
+    logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0
+) -> torch.Tensor:
     """Set the logits of filtered-out tokens to -inf. logits [B, V] -> [B, V]."""
     logits = logits.float()
     if top_k > 0 and top_k < logits.shape[-1]:

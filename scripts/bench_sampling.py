@@ -22,7 +22,9 @@ from mmar.units import build_unit
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="B", help="trunk preset")
     parser.add_argument("--grid", type=int, nargs=2, default=(16, 16), help="token grid (256 tokens)")
     parser.add_argument("--batch", type=int, default=8)
@@ -39,10 +41,14 @@ def main() -> None:
     c = cond.for_sampling(torch.arange(args.batch, device=args.device), guided=False)
     n_tokens = args.batch * unit.seq_len
     params = sum(p.numel() for p in [*trunk.parameters(), *unit.parameters(), *cond.parameters()])
-    print(f"preset {args.preset} ({params / 1e6:.1f}M params), {unit.seq_len} tokens, batch {args.batch}, "
-          f"{torch.get_num_threads()} threads on {args.device}")
+    print(
+        f"preset {args.preset} ({params / 1e6:.1f}M params), {unit.seq_len} tokens, batch {args.batch}, "
+        f"{torch.get_num_threads()} threads on {args.device}"
+    )
 
-    warmup = build_unit("next_token", d_model=config.d_model, grid=(1, 2), vocab_size=args.vocab).to(args.device)
+    warmup = build_unit("next_token", d_model=config.d_model, grid=(1, 2), vocab_size=args.vocab).to(
+        args.device
+    )
     warmup.load_state_dict(unit.state_dict())
     for use_cache in (True, False):  # first calls pay one-off allocation and dispatch costs
         warmup.generate(trunk, c, (1, 2), Sampler(seed=0), use_cache=use_cache)
@@ -58,8 +64,11 @@ def main() -> None:
     ratio = results["cached"]["tokens_per_s"] / results["uncached"]["tokens_per_s"]
     print(f"KV-cache speed-up: {ratio:.1f}x tokens/s (cached / uncached, same run)")
     summary = {k: {"seconds": v["seconds"], "tokens_per_s": v["tokens_per_s"]} for k, v in results.items()}
-    print(json.dumps({"preset": args.preset, "batch": args.batch, "tokens": unit.seq_len, **summary,
-                      "speedup": ratio}))
+    print(
+        json.dumps(
+            {"preset": args.preset, "batch": args.batch, "tokens": unit.seq_len, **summary, "speedup": ratio}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -78,7 +78,9 @@ def run(args: argparse.Namespace) -> dict:
     uint8 = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)  # ADM convention: round
     np.savez(out / "samples.npz", images=uint8.permute(0, 2, 3, 1).numpy(), labels=labels.numpy())
     shown = images.view(len(classes), args.per_class, *images.shape[1:])[:, : args.grid_columns]
-    save_image(shown.flatten(0, 1), out / "grid.png", nrow=shown.shape[1], normalize=True, value_range=(-1, 1))
+    save_image(
+        shown.flatten(0, 1), out / "grid.png", nrow=shown.shape[1], normalize=True, value_range=(-1, 1)
+    )
 
     metrics = {
         "checkpoint": str(args.ckpt),

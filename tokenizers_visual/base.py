@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmar.errors import ConfigError
+from mmar.io import atomic_write
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -84,8 +84,8 @@ class Tokenizer(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         config = {"name": self.name, **self.config}
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp))
-        _atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+        atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp))
+        atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> Tokenizer:
@@ -114,15 +114,3 @@ def load_tokenizer(path: str | os.PathLike, map_location: str | torch.device = "
     state = load_file(str(Path(path) / WEIGHTS_NAME), device=str(map_location))
     tokenizer.load_state_dict(state)
     return tokenizer.eval()
-
-
-def _atomic_write(target: Path, write) -> None:
-    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

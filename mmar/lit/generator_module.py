@@ -58,7 +58,9 @@ class GeneratorModule(LightningModule):
         """
         super().__init__()
         if unit not in UNITS:
-            raise ConfigError(f"unknown prediction unit model.unit='{unit}'; registered units: {sorted(UNITS)}")
+            raise ConfigError(
+                f"unknown prediction unit model.unit='{unit}'; registered units: {sorted(UNITS)}"
+            )
         self.tokenizer = load_tokenizer(tokenizer).requires_grad_(False)
         if self.tokenizer.kind not in UNITS[unit].token_kinds:
             raise ConfigError(
@@ -76,7 +78,11 @@ class GeneratorModule(LightningModule):
         self.trunk = Trunk(config)
         self.conditioning = ClassCondition(num_classes, config.d_model, dropout=class_dropout)
         self.unit = build_unit(
-            unit, d_model=config.d_model, grid=self.grid, vocab_size=self.tokenizer.vocab_size, **(unit_kwargs or {})
+            unit,
+            d_model=config.d_model,
+            grid=self.grid,
+            vocab_size=self.tokenizer.vocab_size,
+            **(unit_kwargs or {}),
         )
         self.save_hyperparameters()
         self.hparams.vocab_size = self.tokenizer.vocab_size  # checkpoints remember the vocabulary they need
@@ -100,8 +106,8 @@ class GeneratorModule(LightningModule):
         images = batch["image"]
         if tuple(images.shape[1:]) != self.image_shape:
             raise ConfigError(
-                f"images of shape {tuple(images.shape[1:])} do not match model.image_size -> {self.image_shape}; "
-                "set data and model image sizes to the same value"
+                f"images of shape {tuple(images.shape[1:])} do not match model.image_size -> "
+                f"{self.image_shape}; set data and model image sizes to the same value"
             )
         return self.tokenizer.encode(images)
 

@@ -7,12 +7,11 @@ from pathlib import Path
 import torch
 
 from mmar.errors import ConfigError
+from mmar.lit.generator_module import GeneratorModule
 
 
-def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu"):
-    """A GeneratorModule from a Lightning checkpoint (weights_only load; EMA weights when trained with EMA)."""
-    from mmar.lit.generator_module import GeneratorModule
-
+def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu") -> GeneratorModule:
+    """A GeneratorModule from a Lightning checkpoint, loaded weights-only (EMA weights if trained so)."""
     path = Path(checkpoint)
     if not path.is_file():
         raise ConfigError(

@@ -22,6 +22,25 @@ def warmup_schedule(step: int, warmup_steps: int, total_steps: int, schedule: st
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def adamw(module: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and conv kernels only (not on norms, biases or gains)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+
+
+def scheduled(optimizer, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float = 0.1):
+    """A per-step LambdaLR applying `warmup_schedule` to `optimizer`."""
+    if schedule not in LR_SCHEDULES:
+        raise ConfigError(f"unknown lr_schedule '{schedule}'; choose one of {LR_SCHEDULES}")
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_schedule(step, warmup_steps, total_steps, schedule, min_lr_ratio)
+    )
+
+
 def adamw_with_schedule(
     module: nn.Module,
     lr: float,
@@ -32,16 +51,7 @@ def adamw_with_schedule(
     schedule: str = "cosine",
     min_lr_ratio: float = 0.1,
 ) -> dict:
-    """Lightning optimiser config; weight decay only on matrices (not norms, biases or gains)."""
-    if schedule not in LR_SCHEDULES:
-        raise ConfigError(f"unknown lr_schedule '{schedule}'; choose one of {LR_SCHEDULES}")
-    params = [p for p in module.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_schedule(step, warmup_steps, total_steps, schedule, min_lr_ratio)
-    )
+    """Lightning optimiser config: AdamW + per-step warmup and cosine/constant schedule."""
+    optimizer = adamw(module, lr, betas, weight_decay)
+    scheduler = scheduled(optimizer, warmup_steps, total_steps, schedule, min_lr_ratio)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -67,7 +67,9 @@ class PredictionUnit(nn.Module):
 
     def check_grid(self, grid: tuple[int, ...]) -> None:
         if tuple(grid) != self.grid:
-            raise ConfigError(f"cannot generate on grid {tuple(grid)}: this {self.name} unit was built for {self.grid}")
+            raise ConfigError(
+                f"cannot generate on grid {tuple(grid)}: this {self.name} unit was built for {self.grid}"
+            )
 
     def prepare(self, tokens: torch.Tensor, cond: torch.Tensor) -> UnitBatch:
         raise NotImplementedError
@@ -75,7 +77,9 @@ class PredictionUnit(nn.Module):
     def loss(self, hidden: torch.Tensor, batch: UnitBatch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def generate(self, trunk: Trunk, cond: torch.Tensor, grid: tuple[int, ...], sampler: Sampler) -> torch.Tensor:
+    def generate(
+        self, trunk: Trunk, cond: torch.Tensor, grid: tuple[int, ...], sampler: Sampler
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def num_steps(self, grid: tuple[int, ...]) -> int:

@@ -47,13 +47,20 @@ class NextToken(PredictionUnit):
 
     @torch.no_grad()
     def generate(
-        self, trunk: Trunk, cond: torch.Tensor, grid: tuple[int, ...], sampler: Sampler, use_cache: bool = True
+        self,
+        trunk: Trunk,
+        cond: torch.Tensor,
+        grid: tuple[int, ...],
+        sampler: Sampler,
+        use_cache: bool = True,
     ) -> torch.Tensor:
         """Decode N tokens one by one. cond [B or 2B (CFG), n_cond, D] -> tokens [B, *grid]."""
         self.check_grid(grid)
         n_cond, n = cond.shape[1], self.seq_len
         positions = self.positions(n_cond, cond.device)  # (n_cond + N, A)
-        cache = trunk.make_cache(cond.shape[0], n_cond + n - 1, cond.device, cond.dtype) if use_cache else None
+        cache = (
+            trunk.make_cache(cond.shape[0], n_cond + n - 1, cond.device, cond.dtype) if use_cache else None
+        )
         generator = sampler.generator(cond.device)
         seq, tokens = cond, []  # seq: what the next trunk call sees
         for i in range(n):

@@ -27,7 +27,13 @@ def test_every_config_parses_and_instantiates(config, debug_tokenizer, tmp_path)
 
 @pytest.mark.parametrize("config", sorted(Path("configs/debug").glob("*.yaml")), ids=str)
 def test_fast_dev_run_of_every_debug_config(config, debug_tokenizer, tmp_path):
-    args = ["fit", "--config", str(config), "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={tmp_path}"]
+    args = [
+        "fit",
+        "--config",
+        str(config),
+        "--trainer.fast_dev_run=true",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
     if needs_tokenizer(config):
         args.append(f"--model.init_args.tokenizer={debug_tokenizer}")
     else:

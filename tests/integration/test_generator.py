@@ -35,7 +35,7 @@ def trained(debug_tokenizer, tmp_path_factory):
 
 
 def test_checkpoint_loads_weights_only_and_generates(trained):
-    model, ckpt = trained
+    _, ckpt = trained
     loaded = load_generator(ckpt)
     assert loaded.grid == (8, 8)
     images = loaded.generate(torch.tensor([0, 5]), Sampler(seed=0, cfg_scale=2.0))
@@ -62,7 +62,7 @@ def test_grid_mismatch_errors(debug_tokenizer, trained):
     with pytest.raises(ConfigError, match="not divisible by the tokenizer's downsampling factor 4"):
         GeneratorModule(tokenizer=debug_tokenizer, image_size=30)
     model, _ = trained
-    with pytest.raises(ConfigError, match="do not match model.image_size"):
+    with pytest.raises(ConfigError, match=r"do not match model\.image_size"):
         model.tokens_of({"image": torch.zeros(2, 1, 16, 16), "label": torch.zeros(2, dtype=torch.long)})
 
 

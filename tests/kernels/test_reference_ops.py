@@ -30,7 +30,9 @@ def manual_attention(q, k, v, allowed):
     return scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v
 
 
-@pytest.mark.parametrize("mask", [None, Causal(), Prefix(4), BlockCausal(torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 3]))])
+@pytest.mark.parametrize(
+    "mask", [None, Causal(), Prefix(4), BlockCausal(torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 3]))]
+)
 def test_attention_matches_softmax_definition(mask):
     torch.manual_seed(0)
     q, k, v = torch.randn(3, 2, 2, 9, 16).unbind(0)

@@ -1,0 +1,37 @@
+"""DataModules and datasets: embedded digits, image folders (ImageNet layout) and token caches.
+
+Image batches are {"image": float32 [B, C, H, W] in [-1, 1], "label": long [B]}; token-cache batches
+are {"tokens": long [B, h, w], "label": long [B]}.
+"""
+
+from mmar.data.digits import (
+    DigitsDataModule,
+    DigitsDataset,
+    digits_split,
+    load_digits_images,
+    stratified_split,
+)
+from mmar.data.image_folder import ImageFolderDataModule, ImageFolderDataset, collate_skip_none
+from mmar.data.token_cache import (
+    TokenCacheDataModule,
+    TokenCacheDataset,
+    cache_tokens,
+    load_token_cache,
+    read_token_cache_meta,
+)
+
+__all__ = [
+    "DigitsDataModule",
+    "DigitsDataset",
+    "ImageFolderDataModule",
+    "ImageFolderDataset",
+    "TokenCacheDataModule",
+    "TokenCacheDataset",
+    "cache_tokens",
+    "collate_skip_none",
+    "digits_split",
+    "load_digits_images",
+    "load_token_cache",
+    "read_token_cache_meta",
+    "stratified_split",
+]

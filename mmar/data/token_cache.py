@@ -1,0 +1,226 @@
+"""A token cache: encode a dataset once with a frozen tokenizer, then train generators on the ids.
+
+As in LlamaGen's `extract_codes` step, images go through the tokenizer a single time and the discrete
+ids are stored, so generator training never runs the tokenizer. A cache is a folder with
+
+- `tokens.safetensors`: "tokens" int32 [N, h, w] and "labels" int64 [N]
+- `meta.json`: tokenizer_path, tokenizer_name, vocab_size, grid, num_items, num_classes, image_shape
+
+`meta.json` is written last, so a folder with it holds a complete cache. Build one with
+`scripts/cache_tokens.py` (or `cache_tokens` from Python); serve it with `TokenCacheDataModule`.
+
+Batches: {"tokens": long [B, h, w], "label": long [B]}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from mmar.data.digits import stratified_split
+from mmar.errors import ConfigError
+from mmar.io import atomic_write
+
+TOKENS_NAME = "tokens.safetensors"
+META_NAME = "meta.json"
+INT32_MAX = 2**31 - 1
+
+
+@torch.no_grad()
+def cache_tokens(
+    tokenizer: torch.nn.Module,
+    dataloader: Iterable[dict[str, torch.Tensor] | None],
+    path: str | os.PathLike,
+    tokenizer_path: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Encode every image batch of `dataloader` and save the ids and labels as a cache in `path`.
+
+    Args:
+        tokenizer: a discrete `tokenizers_visual.base.Tokenizer` (put in eval mode here).
+        dataloader: yields {"image": [B, C, H, W] in [-1, 1], "label": [B]} (None batches are skipped);
+            it should not shuffle, so item i of the cache is item i of the dataset.
+        path: output folder (created).
+        tokenizer_path: where the tokenizer was loaded from, recorded in `meta.json`.
+        device: device to encode on.
+        progress: show a tqdm bar.
+
+    Returns:
+        The metadata written to `meta.json`.
+    """
+    if getattr(tokenizer, "kind", "discrete") != "discrete":
+        raise ConfigError(
+            f"the token cache stores discrete ids, but tokenizer '{getattr(tokenizer, 'name', '?')}' is "
+            f"{tokenizer.kind}; use a discrete tokenizer (VQ/LFQ/FSQ)"
+        )
+    vocab_size = int(tokenizer.vocab_size)
+    if vocab_size > INT32_MAX:
+        raise ConfigError(f"vocab_size={vocab_size} does not fit the cache's int32 ids")
+    was_training = tokenizer.training
+    tokenizer.eval().to(device)
+    tokens, labels, image_shape = [], [], None
+    try:
+        for batch in tqdm(dataloader, desc="caching tokens", disable=not progress):
+            if batch is None:  # every item of the batch was unreadable and skipped
+                continue
+            images = batch["image"].to(device)  # [B, C, H, W]
+            ids = tokenizer.encode(images)  # [B, h, w]
+            if tokens and ids.shape[1:] != tokens[0].shape[1:]:
+                raise ConfigError(
+                    f"token grid changed from {tuple(tokens[0].shape[1:])} to {tuple(ids.shape[1:])} "
+                    "between batches; resize every image to one size before caching"
+                )
+            image_shape = list(images.shape[1:])
+            tokens.append(ids.to("cpu", torch.int32))
+            labels.append(batch["label"].to("cpu", torch.int64))
+    finally:
+        tokenizer.train(was_training)
+    if not tokens:
+        raise ConfigError("the dataloader yielded no images; nothing to cache (check the data root)")
+    all_tokens = torch.cat(tokens)  # [N, h, w] int32
+    all_labels = torch.cat(labels)  # [N] int64
+    meta = {
+        "tokenizer_path": None if tokenizer_path is None else str(tokenizer_path),
+        "tokenizer_name": getattr(tokenizer, "name", type(tokenizer).__name__),
+        "vocab_size": vocab_size,
+        "grid": list(all_tokens.shape[1:]),
+        "num_items": len(all_tokens),
+        "num_classes": int(all_labels.max()) + 1,
+        "image_shape": image_shape,
+    }
+    save_token_cache(path, all_tokens, all_labels, meta)
+    return meta
+
+
+def save_token_cache(
+    path: str | os.PathLike, tokens: torch.Tensor, labels: torch.Tensor, meta: dict[str, Any]
+) -> None:
+    """Write `tokens.safetensors` then `meta.json` into `path`, each atomically."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {"tokens": tokens.to(torch.int32).contiguous(), "labels": labels.to(torch.int64).contiguous()}
+    atomic_write(path / TOKENS_NAME, lambda tmp: save_file(tensors, tmp))
+    atomic_write(path / META_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+
+
+def read_token_cache_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The `meta.json` of a token cache; ConfigError when `path` does not hold a cache."""
+    path = Path(path)
+    if not (path / META_NAME).is_file() or not (path / TOKENS_NAME).is_file():
+        raise ConfigError(
+            f"no token cache at '{path}' (expected {META_NAME} and {TOKENS_NAME}); build one with "
+            f"`python scripts/cache_tokens.py --tokenizer TOKENIZER_DIR --data digits --out {path}`"
+        )
+    return json.loads((path / META_NAME).read_text())
+
+
+def load_token_cache(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """(tokens long [N, h, w], labels long [N], meta) from a cache folder."""
+    meta = read_token_cache_meta(path)
+    tensors = load_file(str(Path(path) / TOKENS_NAME))
+    tokens, labels = tensors["tokens"].long(), tensors["labels"].long()
+    if len(tokens) != meta["num_items"] or list(tokens.shape[1:]) != meta["grid"]:
+        raise ConfigError(
+            f"token cache '{path}' is inconsistent: {TOKENS_NAME} holds {tuple(tokens.shape)} but "
+            f"{META_NAME} says {meta['num_items']} items on grid {meta['grid']}; rebuild it with "
+            "scripts/cache_tokens.py"
+        )
+    return tokens, labels, meta
+
+
+class TokenCacheDataset(Dataset):
+    """Cached ids; each item is {"tokens": long [h, w], "label": long scalar}."""
+
+    def __init__(self, tokens: torch.Tensor, labels: torch.Tensor):
+        self.tokens = tokens
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"tokens": self.tokens[index], "label": self.labels[index]}
+
+
+class TokenCacheDataModule(LightningDataModule):
+    """Serves a token cache built by `cache_tokens` (test split = val split).
+
+    Args:
+        path: the cache folder (with `tokens.safetensors` and `meta.json`).
+        batch_size: items per batch.
+        val_fraction: fraction of each class held out for validation (0: no validation).
+        seed: seed of the stratified split.
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        batch_size: int = 64,
+        val_fraction: float = 0.0,
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size} must be >= 1")
+        self.save_hyperparameters()
+        self.path = path
+        self.meta = read_token_cache_meta(path)  # fail early, before the trainer starts
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.num_workers = num_workers
+        self.train_dataset: TokenCacheDataset | None = None
+        self.val_dataset: TokenCacheDataset | None = None
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return tuple(self.meta["grid"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        tokens, labels, _ = load_token_cache(self.path)
+        train_idx, val_idx = stratified_split(labels, self.val_fraction, self.seed)
+        self.train_dataset = TokenCacheDataset(tokens[train_idx], labels[train_idx])
+        self.val_dataset = TokenCacheDataset(tokens[val_idx], labels[val_idx]) if len(val_idx) else None
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.train_dataset, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self.setup()
+        return [] if self.val_dataset is None else self._loader(self.val_dataset, train=False)
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self.val_dataloader()
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )

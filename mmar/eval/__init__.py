@@ -1,0 +1,21 @@
+"""Evaluation: the Fréchet distance, tokenizer metrics and the embedded digits metric (not Inception FID)."""
+
+from mmar.eval.embedded import (
+    DigitsClassifier,
+    DigitsMetrics,
+    load_digits_classifier,
+    train_digits_classifier,
+)
+from mmar.eval.frechet import feature_statistics, frechet_distance
+from mmar.eval.tokenizer_metrics import CodebookUsage, psnr
+
+__all__ = [
+    "CodebookUsage",
+    "DigitsClassifier",
+    "DigitsMetrics",
+    "feature_statistics",
+    "frechet_distance",
+    "load_digits_classifier",
+    "psnr",
+    "train_digits_classifier",
+]

@@ -1,0 +1,73 @@
+"""Tokenizer metrics: codebook usage over a rolling buffer of recent codes, and PSNR.
+
+Codebook usage follows LlamaGen (Sun et al., 2024): the fraction of codes that occur among the most
+recently produced code ids — not the perplexity of the code distribution.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class CodebookUsage(nn.Module):
+    """Fraction of the codebook used by the most recent `buffer_size` code ids.
+
+    The ids live in a ring buffer (a non-persistent module buffer, so it follows the module's device and
+    stays out of checkpoints); `update` overwrites the oldest entries, so codes that stop occurring are
+    forgotten after `buffer_size` newer ids.
+
+    Args:
+        codebook_size: number of codes.
+        buffer_size: how many of the most recent ids are kept.
+    """
+
+    def __init__(self, codebook_size: int, buffer_size: int = 65536):
+        super().__init__()
+        if codebook_size < 1 or buffer_size < 1:
+            raise ValueError(
+                f"codebook_size and buffer_size must be >= 1, got {codebook_size}, {buffer_size}"
+            )
+        self.codebook_size = codebook_size
+        self.buffer_size = buffer_size
+        self.register_buffer("ids", torch.full((buffer_size,), -1, dtype=torch.long), persistent=False)
+        self.pos = 0  # next slot to write
+        self.count = 0  # ids written so far (capped at buffer_size)
+
+    @torch.no_grad()
+    def update(self, indices: torch.Tensor) -> None:
+        """Append code ids of any shape (e.g. [B, h, w]); the oldest ids are dropped when full."""
+        flat = indices.detach().reshape(-1).to(self.ids.device, torch.long)[-self.buffer_size :]  # [N]
+        n = flat.numel()
+        if n == 0:
+            return
+        slots = (self.pos + torch.arange(n, device=self.ids.device)) % self.buffer_size  # [N]
+        self.ids[slots] = flat
+        self.pos = (self.pos + n) % self.buffer_size
+        self.count = min(self.count + n, self.buffer_size)
+
+    @torch.no_grad()
+    def compute(self) -> float:
+        """Unique codes in the buffer / codebook_size (0.0 before any update)."""
+        ids = self.ids[: self.count] if self.count < self.buffer_size else self.ids  # [N]
+        if ids.numel() == 0:
+            return 0.0
+        used = torch.bincount(ids, minlength=self.codebook_size)[: self.codebook_size] > 0  # [V]
+        return used.sum().item() / self.codebook_size
+
+    def reset(self) -> None:
+        """Forget all ids."""
+        self.ids.fill_(-1)
+        self.pos = 0
+        self.count = 0
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of the per-image PSNR (dB) of images [B, ...] in [-1, 1] (clamped first).
+
+    The peak-to-peak range is 2, so PSNR = 10 log10(4 / MSE); identical images give 100 dB (MSE floored
+    at 4e-10).
+    """
+    x, y = x.detach().float().clamp(-1, 1), y.detach().float().clamp(-1, 1)
+    mse = (x - y).pow(2).flatten(1).mean(dim=1).clamp_min(4e-10)  # [B]
+    return (10 * torch.log10(4.0 / mse)).mean()

@@ -1,0 +1,207 @@
+"""TokenizerModule: trains a visual tokenizer (VQGAN recipe: Esser et al., 2021; LlamaGen: Sun et al., 2024).
+
+Loss on the autoencoder ("generator"): reconstruction (L1 or MSE) + the quantiser's commitment loss
++ `perceptual_weight` * LPIPS + `gan_weight` * hinge adversarial loss (from `gan_start_step` on). The
+PatchGAN discriminator has its own optimiser and is trained with the hinge loss from `gan_start_step`
+on; before that it is never called. Optimisation is manual (two optimisers with the GAN, one without),
+with gradient-norm clipping and a linear learning-rate warm-up (then constant). `global_step`,
+`trainer.max_steps` and `gan_start_step` count batches, not optimiser steps.
+
+Multi-GPU: with the GAN on, the discriminator is unused before `gan_start_step`, so run DDP with
+`strategy: ddp_find_unused_parameters_true`. Codebook usage is measured on each rank's own batches.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+
+import tokenizers_visual  # noqa: F401  (registers the tokenizers)
+from mmar.errors import ConfigError
+from mmar.eval.tokenizer_metrics import CodebookUsage, psnr
+from mmar.lit.optim import adamw, scheduled
+from tokenizers_visual.base import TOKENIZERS, Tokenizer
+from tokenizers_visual.losses import PatchDiscriminator, PerceptualLoss, hinge_d_loss, hinge_g_loss
+
+RECON_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
+
+
+class TokenizerModule(LightningModule):
+    """Trains a tokenizer from `TOKENIZERS` on batches {"image": [B, C, H, W] in [-1, 1], "label": [B]}.
+
+    Args:
+        tokenizer: constructor kwargs of the tokenizer, plus "name" (a key of `TOKENIZERS`, default "vq").
+        lr: peak learning rate (AdamW), for the autoencoder and the discriminator.
+        betas: AdamW betas.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear learning-rate warm-up from 0, in training steps (batches).
+        grad_clip: max gradient norm per optimiser (0 disables clipping).
+        recon_loss: pixel reconstruction loss, "l1" or "mse".
+        perceptual_weight: weight of the LPIPS loss (0 disables it; needs `pip install "mmar[perceptual]"`).
+        perceptual_pretrained: load ImageNet VGG16 weights for LPIPS (False: random trunk, tests only).
+        gan_weight: weight of the adversarial loss (0 disables the discriminator entirely).
+        gan_start_step: training step from which the discriminator is trained and used.
+        disc_channels: channels of the discriminator's first layer.
+        disc_layers: stride-2 layers of the PatchGAN discriminator.
+        export_dir: if set, the trained tokenizer is written there (safetensors + JSON) when training ends.
+        usage_buffer: number of recent code ids over which codebook usage is measured.
+    """
+
+    def __init__(
+        self,
+        tokenizer: dict[str, Any] | None = None,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        grad_clip: float = 1.0,
+        recon_loss: str = "l1",
+        perceptual_weight: float = 0.0,
+        perceptual_pretrained: bool = True,
+        gan_weight: float = 0.0,
+        gan_start_step: int = 0,
+        disc_channels: int = 64,
+        disc_layers: int = 3,
+        export_dir: str | None = None,
+        usage_buffer: int = 65536,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        if recon_loss not in RECON_LOSSES:
+            raise ConfigError(f"recon_loss must be one of {sorted(RECON_LOSSES)}, got '{recon_loss}'")
+        self.tokenizer = build_tokenizer(tokenizer or {})
+        self.recon_loss = RECON_LOSSES[recon_loss]
+        self.discriminator = (
+            PatchDiscriminator(self.tokenizer.in_channels, disc_channels, disc_layers)
+            if gan_weight > 0
+            else None
+        )
+        # Kept out of the module tree on purpose: the frozen VGG stays out of checkpoints and DDP.
+        self._perceptual = [PerceptualLoss(perceptual_pretrained)] if perceptual_weight > 0 else []
+        discrete = self.tokenizer.kind == "discrete"
+        self.train_usage = CodebookUsage(self.tokenizer.vocab_size, usage_buffer) if discrete else None
+        self.val_usage = CodebookUsage(self.tokenizer.vocab_size, usage_buffer) if discrete else None
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizers = [adamw(self.tokenizer, hp.lr, hp.betas, hp.weight_decay)]
+        if self.discriminator is not None:
+            optimizers.append(adamw(self.discriminator, hp.lr, hp.betas, hp.weight_decay))
+        schedulers = [scheduled(opt, hp.warmup_steps, 0, "constant") for opt in optimizers]
+        return optimizers, schedulers
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x = batch["image"]  # [B, C, H, W]
+        optimizers, schedulers = _as_list(self.optimizers()), _as_list(self.lr_schedulers())
+        use_gan = self.discriminator is not None and self.global_step >= self.hparams.gan_start_step
+
+        recon, ids, aux_loss = self.tokenizer(x)  # [B, C, H, W], [B, h, w], scalar
+        losses = {"rec_loss": self.recon_loss(recon, x), "aux_loss": aux_loss}
+        if self._perceptual:
+            losses["perceptual"] = self.hparams.perceptual_weight * self._perceptual_loss(recon, x)
+        with self.toggled_optimizer(optimizers[0]):  # no gradients into the discriminator here
+            if use_gan:
+                losses["g_adv"] = self.hparams.gan_weight * hinge_g_loss(self.discriminator(recon))
+            loss = sum(losses.values())
+            self._step(optimizers[0], schedulers[0], loss, counts=True)
+
+        if use_gan:
+            logits_real = self.discriminator(x)  # [B, 1, H', W']
+            logits_fake = self.discriminator(recon.detach())  # [B, 1, H', W']
+            losses["d_loss"] = hinge_d_loss(logits_real, logits_fake)
+            self._step(optimizers[1], schedulers[1], losses["d_loss"], counts=False)
+
+        self._log_train(losses, loss, ids, x.shape[0], batch_idx)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        x = batch["image"]  # [B, C, H, W]
+        recon, ids, _ = self.tokenizer(x)  # [B, C, H, W], [B, h, w]
+        kwargs = {"on_epoch": True, "batch_size": x.shape[0], "sync_dist": True}
+        self.log("val/rec_loss", self.recon_loss(recon, x), prog_bar=True, **kwargs)
+        self.log("val/psnr", psnr(recon, x), prog_bar=True, **kwargs)
+        if self.val_usage is not None:
+            self.val_usage.update(ids)
+
+    def on_validation_epoch_start(self) -> None:
+        if self.val_usage is not None:
+            self.val_usage.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_usage is not None and self.val_usage.count:
+            self.log("val/usage", self.val_usage.compute(), prog_bar=True)
+
+    def on_train_end(self) -> None:
+        export_dir = self.hparams.export_dir
+        if export_dir and self.trainer.is_global_zero:
+            self.tokenizer.save_pretrained(export_dir)
+            print(f"tokenizer saved to {Path(export_dir).resolve()}")
+
+    def _step(self, optimizer, scheduler, loss: torch.Tensor, counts: bool) -> None:
+        """Backward, clip, step and advance the warm-up for one optimiser.
+
+        Only the autoencoder's step (`counts=True`) advances `global_step`: the discriminator is stepped
+        through the strategy directly, bypassing the LightningOptimizer hook that would count it too
+        (Lightning issue #17958), so `trainer.max_steps` and `gan_start_step` count batches.
+        """
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.hparams.grad_clip > 0:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm"
+            )
+        if counts:
+            optimizer.step()
+        else:
+            self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=lambda: None)
+        scheduler.step()
+
+    def _perceptual_loss(self, recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        perceptual = self._perceptual[0]
+        if next(perceptual.parameters()).device != x.device:
+            perceptual.to(x.device)
+        return perceptual(recon, x)
+
+    def _log_train(
+        self,
+        losses: dict[str, torch.Tensor],
+        loss: torch.Tensor,
+        ids: torch.Tensor,
+        batch_size: int,
+        idx: int,
+    ) -> None:
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
+        for name, value in losses.items():
+            self.log(f"train/{name}", value.detach(), batch_size=batch_size)
+        if self.train_usage is not None:
+            self.train_usage.update(ids)
+            if idx % self.trainer.log_every_n_steps == 0:  # compute() syncs with the device
+                self.log("train/usage", self.train_usage.compute(), prog_bar=True, batch_size=batch_size)
+
+
+def build_tokenizer(config: dict[str, Any]) -> Tokenizer:
+    """Instantiate `TOKENIZERS[config["name"]]` (default "vq") with the remaining entries as kwargs."""
+    config = dict(config)
+    name = config.pop("name", "vq")
+    if name not in TOKENIZERS:
+        raise ConfigError(f"unknown tokenizer name '{name}' in model.tokenizer; known: {sorted(TOKENIZERS)}")
+    cls = TOKENIZERS[name]
+    params = inspect.signature(cls).parameters
+    unknown = sorted(set(config) - set(params))
+    if unknown:
+        raise ConfigError(
+            f"unknown argument(s) {unknown} in model.tokenizer for the '{name}' tokenizer; "
+            f"valid: {sorted(p for p in params if p not in ('self', 'args', 'kwargs'))}"
+        )
+    return cls(**config)
+
+
+def _as_list(x) -> list:
+    """Lightning returns a bare optimiser / scheduler when there is one, a list otherwise."""
+    return list(x) if isinstance(x, list | tuple) else [x]
