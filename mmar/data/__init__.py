@@ -1,4 +1,4 @@
-"""DataModules and datasets: embedded digits, image folders (ImageNet layout) and token caches.
+"""DataModules and datasets: embedded digits, image folders (ImageNet layout), token caches, labels.
 
 Image batches are {"image": float32 [B, C, H, W] in [-1, 1], "label": long [B]}; token-cache batches
 are {"tokens": long [B, h, w], "label": long [B]}.
@@ -12,6 +12,7 @@ from mmar.data.digits import (
     stratified_split,
 )
 from mmar.data.image_folder import ImageFolderDataModule, ImageFolderDataset, collate_skip_none
+from mmar.data.labels import ClassLabelsDataModule
 from mmar.data.token_cache import (
     TokenCacheDataModule,
     TokenCacheDataset,
@@ -21,6 +22,7 @@ from mmar.data.token_cache import (
 )
 
 __all__ = [
+    "ClassLabelsDataModule",
     "DigitsDataModule",
     "DigitsDataset",
     "ImageFolderDataModule",

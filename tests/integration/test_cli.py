@@ -67,3 +67,16 @@ def test_missing_tokenizer_path_is_one_line_error(capsys, tmp_path):
         mmar_main([*args, *QUIET])
     assert exit_info.value.code == 2
     assert "no tokenizer at" in capsys.readouterr().err
+
+
+def test_predict_generates_for_class_labels(debug_tokenizer, tmp_path):
+    common = ["--config", "configs/debug/ar.yaml", f"--model.init_args.tokenizer={debug_tokenizer}"]
+    root = f"--trainer.default_root_dir={tmp_path}"
+    mmar_main(["fit", *common, root, *QUIET])
+    ckpt = next(tmp_path.rglob("*.ckpt"))
+    predict = ["predict", *common]
+    data = ["--data=mmar.data.ClassLabelsDataModule", "--data.per_class=2", "--data.batch_size=8"]
+    cli = MMARCLI(args=[*predict, *data, f"--ckpt_path={ckpt}", root, *QUIET], save_config_callback=None)
+    images = cli.trainer.predict_loop.predictions
+    assert sum(len(batch) for batch in images) == 20
+    assert images[0].shape[1:] == (1, 32, 32)
