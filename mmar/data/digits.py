@@ -16,9 +16,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from mmar.data.base import SplitDataModule
 from mmar.errors import ConfigError
 
 NUM_CLASSES = 10
@@ -120,7 +120,7 @@ def random_shift(image: torch.Tensor, max_shift: int) -> torch.Tensor:
     return padded[:, top : top + h, left : left + w]
 
 
-class DigitsDataModule(LightningDataModule):
+class DigitsDataModule(SplitDataModule):
     """The embedded digits dataset as a LightningDataModule (test split = val split).
 
     Args:
@@ -143,18 +143,12 @@ class DigitsDataModule(LightningDataModule):
         num_workers: int = 0,
         augment: bool = False,
     ):
-        super().__init__()
-        if batch_size < 1:
-            raise ConfigError(f"batch_size={batch_size} must be >= 1")
+        super().__init__(batch_size, num_workers)
         self.save_hyperparameters()
         self.image_size = image_size
-        self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.seed = seed
-        self.num_workers = num_workers
         self.augment = augment
-        self.train_dataset: DigitsDataset | None = None
-        self.val_dataset: DigitsDataset | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -167,24 +161,3 @@ class DigitsDataModule(LightningDataModule):
         train_x, train_y, val_x, val_y = digits_split(self.image_size, self.val_fraction, self.seed)
         self.train_dataset = DigitsDataset(train_x, train_y, augment=self.augment)
         self.val_dataset = DigitsDataset(val_x, val_y)
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.train_dataset, train=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        self.setup()
-        return self._loader(self.val_dataset, train=False) if len(self.val_dataset) else []
-
-    def test_dataloader(self) -> DataLoader | list:
-        return self.val_dataloader()
-
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import Dataset, default_collate
 
+from mmar.data.base import SplitDataModule
 from mmar.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -173,8 +173,10 @@ class ImageFolderDataset(Dataset):
         return None
 
 
-class ImageFolderDataModule(LightningDataModule):
+class ImageFolderDataModule(SplitDataModule):
     """Train (and optional val) image folders as a LightningDataModule (test split = val split).
+
+    Batches whose every file was unreadable arrive as None; the LightningModules skip them.
 
     Args:
         train_root: ImageNet-layout folder of training images.
@@ -187,6 +189,8 @@ class ImageFolderDataModule(LightningDataModule):
         random_flip: horizontal flips on the train split.
     """
 
+    collate_fn = staticmethod(collate_skip_none)
+
     def __init__(
         self,
         train_root: str,
@@ -198,20 +202,14 @@ class ImageFolderDataModule(LightningDataModule):
         strict: bool = False,
         random_flip: bool = False,
     ):
-        super().__init__()
-        if batch_size < 1:
-            raise ConfigError(f"batch_size={batch_size} must be >= 1")
+        super().__init__(batch_size, num_workers)
         self.save_hyperparameters()
         self.train_root = train_root
         self.val_root = val_root
         self.image_size = image_size
         self.channels = channels
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         self.strict = strict
         self.random_flip = random_flip
-        self.train_dataset: ImageFolderDataset | None = None
-        self.val_dataset: ImageFolderDataset | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -231,25 +229,3 @@ class ImageFolderDataModule(LightningDataModule):
         self.train_dataset = ImageFolderDataset(self.train_root, random_flip=self.random_flip, **common)
         if self.val_root is not None:
             self.val_dataset = ImageFolderDataset(self.val_root, classes=self.train_dataset.classes, **common)
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.train_dataset, train=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        self.setup()
-        return [] if self.val_dataset is None else self._loader(self.val_dataset, train=False)
-
-    def test_dataloader(self) -> DataLoader | list:
-        return self.val_dataloader()
-
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_skip_none,
-        )

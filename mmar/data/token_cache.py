@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningDataModule
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from mmar.data.base import SplitDataModule
 from mmar.data.digits import stratified_split
 from mmar.errors import ConfigError
 from mmar.io import atomic_write
@@ -152,7 +152,7 @@ class TokenCacheDataset(Dataset):
         return {"tokens": self.tokens[index], "label": self.labels[index]}
 
 
-class TokenCacheDataModule(LightningDataModule):
+class TokenCacheDataModule(SplitDataModule):
     """Serves a token cache built by `cache_tokens` (test split = val split).
 
     Args:
@@ -171,18 +171,12 @@ class TokenCacheDataModule(LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
     ):
-        super().__init__()
-        if batch_size < 1:
-            raise ConfigError(f"batch_size={batch_size} must be >= 1")
+        super().__init__(batch_size, num_workers)
         self.save_hyperparameters()
         self.path = path
         self.meta = read_token_cache_meta(path)  # fail early, before the trainer starts
-        self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.seed = seed
-        self.num_workers = num_workers
-        self.train_dataset: TokenCacheDataset | None = None
-        self.val_dataset: TokenCacheDataset | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -203,24 +197,3 @@ class TokenCacheDataModule(LightningDataModule):
         train_idx, val_idx = stratified_split(labels, self.val_fraction, self.seed)
         self.train_dataset = TokenCacheDataset(tokens[train_idx], labels[train_idx])
         self.val_dataset = TokenCacheDataset(tokens[val_idx], labels[val_idx]) if len(val_idx) else None
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.train_dataset, train=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        self.setup()
-        return [] if self.val_dataset is None else self._loader(self.val_dataset, train=False)
-
-    def test_dataloader(self) -> DataLoader | list:
-        return self.val_dataloader()
-
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )

@@ -117,12 +117,16 @@ class GeneratorModule(LightningModule):
         hidden = self.trunk(unit_batch.inputs, unit_batch.positions, unit_batch.mask)
         return self.unit.loss(hidden, unit_batch)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict | None, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:  # every file of the batch was unreadable (skipped and counted by the data)
+            return None
         losses = self.step_losses(batch)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True)
         return losses["loss"]
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: dict | None, batch_idx: int) -> None:
+        if batch is None:
+            return
         losses = self.step_losses(batch)
         self.log_dict({f"val/{k}": v for k, v in losses.items()}, prog_bar=True, sync_dist=True)
 

@@ -96,7 +96,9 @@ class TokenizerModule(LightningModule):
         schedulers = [scheduled(opt, hp.warmup_steps, 0, "constant") for opt in optimizers]
         return optimizers, schedulers
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:  # every file of the batch was unreadable (skipped and counted by the data)
+            return None
         x = batch["image"]  # [B, C, H, W]
         optimizers, schedulers = _as_list(self.optimizers()), _as_list(self.lr_schedulers())
         use_gan = self.discriminator is not None and self.global_step >= self.hparams.gan_start_step
@@ -120,7 +122,9 @@ class TokenizerModule(LightningModule):
         self._log_train(losses, loss, ids, x.shape[0], batch_idx)
         return loss
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> None:
+        if batch is None:
+            return
         x = batch["image"]  # [B, C, H, W]
         recon, ids, _ = self.tokenizer(x)  # [B, C, H, W], [B, h, w]
         kwargs = {"on_epoch": True, "batch_size": x.shape[0], "sync_dist": True}

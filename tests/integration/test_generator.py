@@ -1,8 +1,7 @@
 """GeneratorModule end to end on the debug tokenizer: training, checkpoint round trip, sampling script."""
 
+import importlib.util
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -66,19 +65,26 @@ def test_grid_mismatch_errors(debug_tokenizer, trained):
         model.tokens_of({"image": torch.zeros(2, 1, 16, 16), "label": torch.zeros(2, dtype=torch.long)})
 
 
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, f"scripts/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_sample_script_writes_grid_and_metrics(trained, tmp_path):
     _, ckpt = trained
     out = tmp_path / "samples"
-    cmd = [sys.executable, "scripts/sample.py", "--ckpt", str(ckpt), "--out", str(out), "--per-class", "2"]
-    subprocess.run([*cmd, "--classes", "1", "2", "--cfg-scale", "1.5", "--top-k", "5"], check=True)
+    args = ["--ckpt", str(ckpt), "--out", str(out), "--per-class", "2", "--classes", "1", "2"]
+    load_script("sample").main([*args, "--cfg-scale", "1.5", "--top-k", "5"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_images"] == 4 and metrics["forward_passes_per_image"] == 64
     assert (out / "grid.png").stat().st_size > 0
 
 
-def test_sample_script_missing_checkpoint_is_one_line_error(tmp_path):
-    cmd = [sys.executable, "scripts/sample.py", "--ckpt", str(tmp_path / "missing.ckpt")]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    assert result.returncode == 2
-    assert result.stderr.strip().startswith("error: checkpoint not found")
-    assert "\n" not in result.stderr.strip()
+def test_sample_script_missing_checkpoint_is_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("sample").main(["--ckpt", str(tmp_path / "missing.ckpt")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: checkpoint not found") and "\n" not in err

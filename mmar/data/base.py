@@ -1,0 +1,53 @@
+"""Shared DataModule plumbing: a train split, an optional val split, and one way to batch them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from mmar.errors import ConfigError
+
+
+class SplitDataModule(LightningDataModule):
+    """Subclasses fill `train_dataset` (and `val_dataset`, may stay None or empty) in `setup`.
+
+    The test split is the val split. Training batches are shuffled and drop the last incomplete batch
+    when the dataset holds more than one batch.
+    """
+
+    collate_fn: Callable | None = None
+
+    def __init__(self, batch_size: int, num_workers: int = 0):
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size} must be >= 1")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.train_dataset, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self.setup()
+        if self.val_dataset is None or len(self.val_dataset) == 0:
+            return []
+        return self._loader(self.val_dataset, train=False)
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self.val_dataloader()
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=self.collate_fn,
+        )
