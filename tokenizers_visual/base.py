@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -71,6 +72,13 @@ class Tokenizer(nn.Module):
                     f"{self.downsample}; resize the data to a multiple of {self.downsample}"
                 )
         return tuple(size // self.downsample for size in spatial)
+
+    def fit_statistics(self, batches: Iterable[torch.Tensor]) -> None:
+        """Fit data-derived statistics from input batches before export; nothing to fit by default.
+
+        Continuous tokenizers override this to compute their latent scale (and shift), so that the
+        latents a generator sees are normalised by numbers measured on data, never hard-coded.
+        """
 
     def check_input(self, x: torch.Tensor) -> None:
         """Validate an image batch [B, C, H, W] against this tokenizer (clear error otherwise)."""

@@ -1,5 +1,22 @@
-"""Output heads that turn trunk hidden states into predictions and losses."""
+"""Output heads that turn trunk hidden states into predictions and losses, registered by name."""
 
+from __future__ import annotations
+
+from torch import nn
+
+from mmar.errors import ConfigError
 from mmar.heads.categorical import CategoricalHead
 
-__all__ = ["CategoricalHead"]
+TOKEN_HEADS: dict[str, type[nn.Module]] = {
+    "categorical": CategoricalHead,
+}
+
+
+def build_token_head(name: str, d_model: int, vocab_size: int, **kwargs) -> nn.Module:
+    """The discrete token head registered as `name` (embed + loss + sample for one token type)."""
+    if name not in TOKEN_HEADS:
+        raise ConfigError(f"unknown token head '{name}'; registered heads: {sorted(TOKEN_HEADS)}")
+    return TOKEN_HEADS[name](d_model, vocab_size, **kwargs)
+
+
+__all__ = ["TOKEN_HEADS", "CategoricalHead", "build_token_head"]

@@ -99,7 +99,7 @@ class TokenizerModule(LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> torch.Tensor | None:
         if batch is None:  # every file of the batch was unreadable (skipped and counted by the data)
             return None
-        x = batch["image"]  # [B, C, H, W]
+        x = model_inputs(batch)  # [B, C, H, W] or [B, C, T, H, W]
         optimizers, schedulers = _as_list(self.optimizers()), _as_list(self.lr_schedulers())
         use_gan = self.discriminator is not None and self.global_step >= self.hparams.gan_start_step
 
@@ -125,7 +125,7 @@ class TokenizerModule(LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> None:
         if batch is None:
             return
-        x = batch["image"]  # [B, C, H, W]
+        x = model_inputs(batch)  # [B, C, H, W] or [B, C, T, H, W]
         recon, ids, _ = self.tokenizer(x)  # [B, C, H, W], [B, h, w]
         kwargs = {"on_epoch": True, "batch_size": x.shape[0], "sync_dist": True}
         self.log("val/rec_loss", self.recon_loss(recon, x), prog_bar=True, **kwargs)
@@ -144,6 +144,11 @@ class TokenizerModule(LightningModule):
     def on_train_end(self) -> None:
         export_dir = self.hparams.export_dir
         if export_dir and self.trainer.is_global_zero:
+            # data-derived statistics (e.g. a continuous latent's scale) are fitted on the train data
+            batches = (
+                model_inputs(b).to(self.device) for b in self.trainer.train_dataloader if b is not None
+            )
+            self.tokenizer.eval().fit_statistics(batches)
             self.tokenizer.save_pretrained(export_dir)
             print(f"tokenizer saved to {Path(export_dir).resolve()}")
 
@@ -187,6 +192,17 @@ class TokenizerModule(LightningModule):
             self.train_usage.update(ids)
             if idx % self.trainer.log_every_n_steps == 0:  # compute() syncs with the device
                 self.log("train/usage", self.train_usage.compute(), prog_bar=True, batch_size=batch_size)
+
+
+INPUT_KEYS = ("image", "video")
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The tensor a tokenizer encodes: batch["image"] [B, C, H, W] or batch["video"] [B, C, T, H, W]."""
+    for key in INPUT_KEYS:
+        if key in batch:
+            return batch[key]
+    raise ConfigError(f"batch has none of the keys {INPUT_KEYS} (got {sorted(batch)}); check the DataModule")
 
 
 def build_tokenizer(config: dict[str, Any]) -> Tokenizer:

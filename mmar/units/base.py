@@ -58,8 +58,8 @@ class PredictionUnit(nn.Module):
         return math.prod(self.grid)
 
     def check_tokens(self, tokens: torch.Tensor) -> None:
-        """Tokens must be laid out on this unit's grid: [B, *grid]."""
-        if tuple(tokens.shape[1:]) != self.grid:
+        """Tokens must be laid out on this unit's grid: [B, *grid, ...]."""
+        if tuple(tokens.shape[1 : 1 + len(self.grid)]) != self.grid:
             raise ConfigError(
                 f"tokens of grid {tuple(tokens.shape[1:])} do not match the generator's grid {self.grid}; "
                 "set model.image_size to the size the tokenizer was trained on"

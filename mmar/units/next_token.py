@@ -9,9 +9,8 @@ N forward passes for N tokens.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from mmar.heads import CategoricalHead
+from mmar.heads import build_token_head
 from mmar.kernels import Causal
 from mmar.sampling import Sampler
 from mmar.trunk import Trunk
@@ -21,11 +20,18 @@ from mmar.units.base import PredictionUnit, UnitBatch, grid_positions
 class NextToken(PredictionUnit):
     name = "next_token"
 
-    def __init__(self, d_model: int, grid: tuple[int, ...], vocab_size: int):
+    def __init__(
+        self,
+        d_model: int,
+        grid: tuple[int, ...],
+        vocab_size: int,
+        head: str = "categorical",
+        head_kwargs: dict | None = None,
+    ):
+        """Args: d_model, grid and vocab_size from the trunk and tokenizer; `head` names the token head
+        (`mmar.heads.TOKEN_HEADS`) that embeds and predicts each token, built with `head_kwargs`."""
         super().__init__(d_model, grid, vocab_size)
-        self.embed = nn.Embedding(vocab_size, d_model)
-        nn.init.normal_(self.embed.weight, std=0.02)
-        self.head = CategoricalHead(d_model, vocab_size)
+        self.head = build_token_head(head, d_model, vocab_size, **(head_kwargs or {}))
 
     def positions(self, n_cond: int, device=None) -> torch.Tensor:
         """[n_cond + N, A]: zeros for the condition, then raster grid coordinates."""
@@ -33,10 +39,10 @@ class NextToken(PredictionUnit):
         return torch.cat([grid.new_zeros(n_cond, grid.shape[1]), grid])
 
     def prepare(self, tokens: torch.Tensor, cond: torch.Tensor) -> UnitBatch:
-        """tokens [B, *grid], cond [B, n_cond, D] -> inputs [B, n_cond + N - 1, D], targets [B, N]."""
+        """tokens [B, *grid, *token_shape], cond [B, n_cond, D] -> inputs [B, n_cond + N - 1, D]."""
         self.check_tokens(tokens)
-        seq = tokens.flatten(1)  # (B, N)
-        inputs = torch.cat([cond, self.embed(seq[:, :-1])], dim=1)  # (B, n_cond + N - 1, D)
+        seq = tokens.flatten(1, len(self.grid))  # (B, N, *token_shape)
+        inputs = torch.cat([cond, self.head.embed(seq[:, :-1])], dim=1)  # (B, n_cond + N - 1, D)
         positions = self.positions(cond.shape[1], tokens.device)[: inputs.shape[1]]
         return UnitBatch(inputs, positions, Causal(), seq, {"n_cond": cond.shape[1]})
 
@@ -66,11 +72,12 @@ class NextToken(PredictionUnit):
         for i in range(n):
             start = cache.length if use_cache else 0
             hidden = trunk(seq, positions[start : start + seq.shape[1]], Causal(), cache=cache)
-            token = sampler.pick(self.head(hidden[:, -1]), progress=i / n, generator=generator)  # (B,)
+            token = self.head.sample(hidden[:, -1], sampler, i / n, generator)  # (B, *token_shape)
             tokens.append(token)
-            embedded = self.embed(token.repeat(2) if sampler.guided else token)[:, None]  # (B', 1, D)
+            fed = torch.cat([token, token]) if sampler.guided else token  # both CFG halves read it
+            embedded = self.head.embed(fed)[:, None]  # (B', 1, D)
             seq = embedded if use_cache else torch.cat([seq, embedded], dim=1)
-        return torch.stack(tokens, dim=1).view(-1, *self.grid)
+        return torch.stack(tokens, dim=1).unflatten(1, self.grid)  # (B, *grid, *token_shape)
 
     def num_steps(self, grid: tuple[int, ...]) -> int:
         self.check_grid(grid)

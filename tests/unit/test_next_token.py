@@ -55,7 +55,7 @@ def test_layout_condition_predicts_first_token(model):
     assert torch.equal(batch.targets, tokens.flatten(1))
     assert torch.equal(batch.positions[0], torch.zeros(2, dtype=torch.long))  # zero rotation on cond
     assert torch.equal(batch.positions[1:6, 1], torch.arange(5))  # token (0, w) at column w
-    assert torch.equal(batch.inputs[:, 1], unit.embed(tokens[:, 0, 0]))
+    assert torch.equal(batch.inputs[:, 1], unit.head.embed(tokens[:, 0, 0]))
     # the loss at the condition position depends only on the condition: changing tokens leaves it
     hidden = trunk(batch.inputs, batch.positions, batch.mask)
     tokens2 = tokens.clone()
