@@ -50,6 +50,8 @@ class Tokenizer(nn.Module):
     downsample: int
     vocab_size: int | None = None
     latent_dim: int | None = None
+    token_shape: tuple[int, ...] = ()
+    """Ids per grid cell beyond the grid: () for one id, (C,) for per-channel ids (TokenBridge)."""
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
