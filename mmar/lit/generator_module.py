@@ -87,8 +87,8 @@ class GeneratorModule(LightningModule):
         head_shape = getattr(getattr(self.unit, "head", None), "token_shape", self.tokenizer.token_shape)
         if tuple(head_shape) != tuple(self.tokenizer.token_shape):
             raise ConfigError(
-                f"the tokenizer gives {self.tokenizer.token_shape or 'one'} id(s) per grid cell but the unit's "
-                f"head predicts {head_shape or 'one'}; choose a matching head in model.unit_kwargs"
+                f"the tokenizer gives {self.tokenizer.token_shape or 'one'} id(s) per grid cell but the "
+                f"unit's head predicts {head_shape or 'one'}; choose a matching head in model.unit_kwargs"
             )
         self.save_hyperparameters()
         self.hparams.vocab_size = self.tokenizer.vocab_size  # checkpoints remember the vocabulary they need
