@@ -7,15 +7,18 @@ from mmar.eval.embedded import (
     train_digits_classifier,
 )
 from mmar.eval.frechet import feature_statistics, frechet_distance
-from mmar.eval.tokenizer_metrics import CodebookUsage, psnr
+from mmar.eval.tokenizer_metrics import CodebookUsage, as_frames, psnr, reconstruction_fd, ssim
 
 __all__ = [
     "CodebookUsage",
     "DigitsClassifier",
     "DigitsMetrics",
+    "as_frames",
     "feature_statistics",
     "frechet_distance",
     "load_digits_classifier",
     "psnr",
+    "reconstruction_fd",
+    "ssim",
     "train_digits_classifier",
 ]

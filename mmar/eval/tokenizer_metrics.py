@@ -1,13 +1,19 @@
-"""Tokenizer metrics: codebook usage over a rolling buffer of recent codes, and PSNR.
+"""Tokenizer metrics in one place: codebook usage, PSNR, SSIM and the reconstruction Fréchet distance.
 
 Codebook usage follows LlamaGen (Sun et al., 2024): the fraction of codes that occur among the most
-recently produced code ids — not the perplexity of the code distribution.
+recently produced code ids — not the perplexity of the code distribution. SSIM is torchmetrics' Gaussian
+SSIM (Wang et al. 2004). The reconstruction Fréchet distance (rFID-style) compares features of
+reconstructions with features of the originals; with the embedded digits classifier's features it is an
+embedded metric, not Inception rFID. Videos are scored frame by frame.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from mmar.eval.frechet import feature_statistics, frechet_distance
 
 
 class CodebookUsage(nn.Module):
@@ -71,3 +77,21 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     x, y = x.detach().float().clamp(-1, 1), y.detach().float().clamp(-1, 1)
     mse = (x - y).pow(2).flatten(1).mean(dim=1).clamp_min(4e-10)  # [B]
     return (10 * torch.log10(4.0 / mse)).mean()
+
+
+def as_frames(x: torch.Tensor) -> torch.Tensor:
+    """Images [B, C, H, W] as they are; videos [B, C, T, H, W] as frames [B * T, C, H, W]."""
+    return x.transpose(1, 2).flatten(0, 1) if x.ndim == 5 else x
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM of images (or video frames) in [-1, 1] (clamped first), data range 2."""
+    x, y = as_frames(x.detach().float().clamp(-1, 1)), as_frames(y.detach().float().clamp(-1, 1))
+    return structural_similarity_index_measure(x, y, data_range=2.0)
+
+
+def reconstruction_fd(features, originals: torch.Tensor, reconstructions: torch.Tensor) -> float:
+    """Fréchet distance between `features(reconstructions)` and `features(originals)` ([N, D] each)."""
+    mu_r, sigma_r = feature_statistics(features(reconstructions))
+    mu_o, sigma_o = feature_statistics(features(originals))
+    return frechet_distance(mu_r, sigma_r, mu_o, sigma_o)

@@ -1,0 +1,137 @@
+"""Measure every tokenizer recipe the same way and write the table in docs/tokenizers.md.
+
+    python scripts/eval_tokenizers.py --train          # train each recipe (timed), then evaluate
+    python scripts/eval_tokenizers.py                  # evaluate the exported tokenizers only
+
+For each config (default: the quickstart VQ and every configs/tokenizers/*.yaml) the tokenizer is
+loaded from the config's `export_dir` and scored on the val split of the config's own DataModule: PSNR,
+SSIM, codebook usage (unique ids over the split / vocabulary), and an embedded reconstruction Fréchet
+distance in the digits classifier's feature space for 1-channel data (not Inception rFID). Training time
+is the wall time of `mmar fit` when --train is given. Reconstruction grids go to runs/eval_tokenizers/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from torchvision.utils import save_image
+
+from mmar.eval import DigitsMetrics, as_frames, psnr, reconstruction_fd, ssim
+from mmar.lit.tokenizer_module import model_inputs
+from tokenizers_visual import load_tokenizer
+
+DEFAULT_CONFIGS = [
+    "configs/quickstart/digits_vq.yaml",
+    *sorted(map(str, Path("configs/tokenizers").glob("*.yaml"))),
+]
+BEGIN, END = "<!-- eval_tokenizers:begin -->", "<!-- eval_tokenizers:end -->"
+
+
+def build_datamodule(data: dict):
+    module, _, name = data["class_path"].rpartition(".")
+    datamodule = getattr(importlib.import_module(module), name)(**data.get("init_args", {}))
+    datamodule.setup("validate")
+    return datamodule
+
+
+@torch.no_grad()
+def evaluate(tokenizer, loader, max_batches: int) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Mean PSNR/SSIM over the split, usage, plus originals and reconstructions (as frames)."""
+    n, psnr_sum, ssim_sum, ids, originals, recons = 0, 0.0, 0.0, [], [], []
+    for i, batch in enumerate(loader):
+        if i == max_batches:
+            break
+        x = model_inputs(batch)
+        tokens = tokenizer.encode(x)
+        recon = tokenizer.decode(tokens).clamp(-1, 1)
+        psnr_sum += psnr(recon, x).item() * len(x)
+        ssim_sum += ssim(recon, x).item() * len(x)
+        n += len(x)
+        if tokenizer.kind == "discrete":
+            ids.append(tokens.flatten())
+        originals.append(as_frames(x))
+        recons.append(as_frames(recon))
+    usage = torch.cat(ids).unique().numel() / tokenizer.vocab_size if ids else None
+    metrics = {"psnr": psnr_sum / n, "ssim": ssim_sum / n, "usage": usage, "num_items": n}
+    return metrics, torch.cat(originals), torch.cat(recons)
+
+
+def run_config(config_path: str, train: bool, max_batches: int, grids: Path) -> dict:
+    config = yaml.safe_load(Path(config_path).read_text())
+    export_dir = config["model"]["init_args"]["export_dir"]
+    row = {"config": config_path, "tokenizer": export_dir}
+    if train:
+        start = time.perf_counter()
+        subprocess.run(
+            ["mmar", "fit", "--config", config_path, "--trainer.enable_progress_bar=false"], check=True
+        )
+        row["train_seconds"] = time.perf_counter() - start
+    if not (Path(export_dir) / "config.json").is_file():
+        return {**row, "missing": f"not trained: run `mmar fit --config {config_path}`"}
+    tokenizer = load_tokenizer(export_dir)
+    loader = build_datamodule(config["data"]).val_dataloader()
+    metrics, originals, recons = evaluate(tokenizer, loader, max_batches)
+    size = tokenizer.vocab_size if tokenizer.kind == "discrete" else tokenizer.latent_dim
+    input_shape = tuple(model_inputs(next(iter(loader))).shape[1:])
+    row.update(name=tokenizer.name, kind=tokenizer.kind, grid=list(tokenizer.grid(input_shape)), size=size)
+    row.update(metrics)
+    if originals.shape[1] == 1:  # grayscale digits-like data: embedded features apply
+        features = DigitsMetrics(image_size=originals.shape[-1]).features
+        row["embedded_rfd"] = reconstruction_fd(features, originals, recons)
+    grids.mkdir(parents=True, exist_ok=True)
+    pairs = torch.stack([originals[:16], recons[:16]], dim=1).flatten(0, 1)  # original, recon, ...
+    save_image(pairs, grids / f"{Path(config_path).stem}.png", nrow=8, normalize=True, value_range=(-1, 1))
+    return row
+
+
+def markdown(rows: list[dict]) -> str:
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
+    header = ["recipe", "tokenizer", "kind", "grid", "vocab / latent", "PSNR (dB)", "SSIM", "usage"]
+    header += ["embedded rFD", "train (s)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        if "missing" in r:
+            lines.append(f"| {r['config']} | {r['missing']} |" + "  |" * (len(header) - 2))
+            continue
+        grid = "x".join(map(str, r["grid"]))
+        lines.append(
+            f"| {Path(r['config']).stem} | {r['name']} | {r['kind']} | {grid} | {r['size']} | "
+            f"{fmt(r['psnr'], '.2f')} | {fmt(r['ssim'], '.3f')} | {fmt(r['usage'], '.3f')} | "
+            f"{fmt(r.get('embedded_rfd'), '.3f')} | {fmt(r.get('train_seconds'), '.0f')} |"
+        )
+    return "\n".join(lines)
+
+
+def write_docs(table: str, path: Path) -> None:
+    text = path.read_text() if path.exists() else f"# Tokenizers\n\n{BEGIN}\n{END}\n"
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    path.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", nargs="*", default=DEFAULT_CONFIGS)
+    p.add_argument("--train", action="store_true", help="train each recipe first (timed)")
+    p.add_argument("--max-batches", type=int, default=50, help="val batches per tokenizer")
+    p.add_argument("--docs", default="docs/tokenizers.md")
+    p.add_argument("--grids", default="runs/eval_tokenizers")
+    args = p.parse_args(argv)
+    rows = [run_config(c, args.train, args.max_batches, Path(args.grids)) for c in args.configs]
+    table = markdown(rows)
+    print(table)
+    write_docs(table, Path(args.docs))
+    Path(args.docs).with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    print(f"wrote {args.docs} and {Path(args.docs).with_suffix('.json')}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

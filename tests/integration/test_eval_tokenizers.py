@@ -1,0 +1,32 @@
+"""scripts/eval_tokenizers.py scores an exported tokenizer on its recipe's data and writes the table."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import yaml
+
+
+def test_eval_tokenizers_writes_table(debug_tokenizer, tmp_path):
+    config = yaml.safe_load(Path("configs/debug/vq.yaml").read_text())
+    config["model"]["init_args"]["export_dir"] = debug_tokenizer
+    recipe = tmp_path / "debug_vq.yaml"
+    recipe.write_text(yaml.safe_dump(config))
+    docs = tmp_path / "tokenizers.md"
+    docs.write_text(
+        "# T\n\nintro\n<!-- eval_tokenizers:begin -->\nold\n<!-- eval_tokenizers:end -->\nafter\n"
+    )
+
+    spec = importlib.util.spec_from_file_location("eval_tokenizers", "scripts/eval_tokenizers.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = ["--configs", str(recipe), "--max-batches", "2", "--docs", str(docs), "--grids", str(tmp_path)]
+    script.main(args)
+
+    (row,) = json.loads(docs.with_suffix(".json").read_text())
+    assert row["kind"] == "discrete" and row["grid"] == [8, 8] and row["num_items"] == 16
+    assert 0 < row["usage"] <= 1 and row["psnr"] > 0 and 0 < row["ssim"] <= 1 and row["embedded_rfd"] >= 0
+    text = docs.read_text()
+    assert "old" not in text and text.startswith("# T\n\nintro\n") and text.endswith("after\n")
+    assert "| debug_vq | vq | discrete | 8x8 | 32 |" in text
+    assert (tmp_path / "debug_vq.png").is_file()
