@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny trained tokenizer on disk, shared by the CLI and generator tests."""
+"""Shared fixtures: tiny tokenizers on disk, shared by the CLI and generator tests."""
 
 import pytest
 
@@ -21,4 +21,18 @@ def debug_tokenizer(tmp_path_factory) -> str:
             "--trainer.logger=false",
         ]
     )
+    return str(export)
+
+
+@pytest.fixture(scope="session")
+def debug_tokenbridge_tokenizer(tmp_path_factory) -> str:
+    """Folder of a TokenBridge tokenizer (6 bits per channel) over a random 4-channel KL-VAE, 32 -> 8x8."""
+    import torch
+
+    from tokenizers_visual import KLVAETokenizer, PostQuantTokenizer
+
+    torch.manual_seed(0)
+    inner = KLVAETokenizer(in_channels=1, ch=8, ch_mult=[1, 2, 2], num_res_blocks=1, latent_dim=4)
+    export = tmp_path_factory.mktemp("debug_tokenbridge") / "tokenizer"
+    PostQuantTokenizer(inner, bits=6).save_pretrained(export)
     return str(export)

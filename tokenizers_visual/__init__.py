@@ -11,12 +11,27 @@ from tokenizers_visual.base import (
     read_tokenizer_config,
     register_tokenizer,
 )
+from tokenizers_visual.diffusers_vae import DiffusersVAETokenizer
+from tokenizers_visual.fsq import FSQTokenizer, LFQTokenizer
+from tokenizers_visual.kl_vae import KLVAETokenizer, LatentNormalization
+from tokenizers_visual.post_quant import PostQuantTokenizer
+from tokenizers_visual.subobject import SubobjectTokenizer, SubobjectTokens
+from tokenizers_visual.video import VideoFSQTokenizer
 from tokenizers_visual.vq import VQTokenizer
 
 __all__ = [
     "TOKENIZERS",
+    "DiffusersVAETokenizer",
+    "FSQTokenizer",
+    "KLVAETokenizer",
+    "LFQTokenizer",
+    "LatentNormalization",
+    "PostQuantTokenizer",
+    "SubobjectTokenizer",
+    "SubobjectTokens",
     "Tokenizer",
     "VQTokenizer",
+    "VideoFSQTokenizer",
     "load_tokenizer",
     "read_tokenizer_config",
     "register_tokenizer",

@@ -13,6 +13,7 @@ from mmar.data.digits import (
 )
 from mmar.data.image_folder import ImageFolderDataModule, ImageFolderDataset, collate_skip_none
 from mmar.data.labels import ClassLabelsDataModule
+from mmar.data.shapes import ShapesDataModule, ShapesDataset
 from mmar.data.token_cache import (
     TokenCacheDataModule,
     TokenCacheDataset,
@@ -20,6 +21,7 @@ from mmar.data.token_cache import (
     load_token_cache,
     read_token_cache_meta,
 )
+from mmar.data.video import MovingDigitsDataModule, MovingDigitsDataset
 
 __all__ = [
     "ClassLabelsDataModule",
@@ -27,6 +29,10 @@ __all__ = [
     "DigitsDataset",
     "ImageFolderDataModule",
     "ImageFolderDataset",
+    "MovingDigitsDataModule",
+    "MovingDigitsDataset",
+    "ShapesDataModule",
+    "ShapesDataset",
     "TokenCacheDataModule",
     "TokenCacheDataset",
     "cache_tokens",

@@ -9,6 +9,9 @@ with gradient-norm clipping and a linear learning-rate warm-up (then constant). 
 
 Multi-GPU: with the GAN on, the discriminator is unused before `gan_start_step`, so run DDP with
 `strategy: ddp_find_unused_parameters_true`. Codebook usage is measured on each rank's own batches.
+
+Video inputs [B, C, T, H, W]: LPIPS and the PatchGAN see the frames as a batch of images (`as_frames`),
+i.e. a per-frame 2D discriminator rather than MAGVIT-v2's 3D one.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from torch.utils.data import DataLoader
 
 import tokenizers_visual  # noqa: F401  (registers the tokenizers)
 from mmar.errors import ConfigError
@@ -109,13 +113,13 @@ class TokenizerModule(LightningModule):
             losses["perceptual"] = self.hparams.perceptual_weight * self._perceptual_loss(recon, x)
         with self.toggled_optimizer(optimizers[0]):  # no gradients into the discriminator here
             if use_gan:
-                losses["g_adv"] = self.hparams.gan_weight * hinge_g_loss(self.discriminator(recon))
+                losses["g_adv"] = self.hparams.gan_weight * hinge_g_loss(self.discriminator(as_frames(recon)))
             loss = sum(losses.values())
             self._step(optimizers[0], schedulers[0], loss, counts=True)
 
         if use_gan:
-            logits_real = self.discriminator(x)  # [B, 1, H', W']
-            logits_fake = self.discriminator(recon.detach())  # [B, 1, H', W']
+            logits_real = self.discriminator(as_frames(x))  # [B(*T), 1, H', W']
+            logits_fake = self.discriminator(as_frames(recon.detach()))  # [B(*T), 1, H', W']
             losses["d_loss"] = hinge_d_loss(logits_real, logits_fake)
             self._step(optimizers[1], schedulers[1], losses["d_loss"], counts=False)
 
@@ -144,10 +148,11 @@ class TokenizerModule(LightningModule):
     def on_train_end(self) -> None:
         export_dir = self.hparams.export_dir
         if export_dir and self.trainer.is_global_zero:
-            # data-derived statistics (e.g. a continuous latent's scale) are fitted on the train data
-            batches = (
-                model_inputs(b).to(self.device) for b in self.trainer.train_dataloader if b is not None
-            )
+            # data-derived statistics (e.g. a continuous latent's scale) are fitted on all train data:
+            # the training loader shuffles and drops the last batch, so read its dataset in order
+            loader = self.trainer.train_dataloader
+            loader = DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn)
+            batches = (model_inputs(b).to(self.device) for b in loader if b is not None)
             self.tokenizer.eval().fit_statistics(batches)
             self.tokenizer.save_pretrained(export_dir)
             print(f"tokenizer saved to {Path(export_dir).resolve()}")
@@ -175,7 +180,7 @@ class TokenizerModule(LightningModule):
         perceptual = self._perceptual[0]
         if next(perceptual.parameters()).device != x.device:
             perceptual.to(x.device)
-        return perceptual(recon, x)
+        return perceptual(as_frames(recon), as_frames(x))
 
     def _log_train(
         self,
@@ -203,6 +208,11 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if key in batch:
             return batch[key]
     raise ConfigError(f"batch has none of the keys {INPUT_KEYS} (got {sorted(batch)}); check the DataModule")
+
+
+def as_frames(x: torch.Tensor) -> torch.Tensor:
+    """Images [B, C, H, W] unchanged; videos [B, C, T, H, W] as a batch of frames [B * T, C, H, W]."""
+    return x.transpose(1, 2).flatten(0, 1) if x.ndim == 5 else x
 
 
 def build_tokenizer(config: dict[str, Any]) -> Tokenizer:

@@ -17,6 +17,12 @@ def needs_tokenizer(config: Path) -> bool:
     return "GeneratorModule" in yaml.safe_load(config.read_text())["model"]["class_path"]
 
 
+def tokenizer_fixture(config: Path) -> str:
+    """The fixture whose tokenizer fits the recipe's head: per-channel ids for the channel-AR head."""
+    unit_kwargs = yaml.safe_load(config.read_text())["model"]["init_args"].get("unit_kwargs") or {}
+    return "debug_tokenbridge_tokenizer" if unit_kwargs.get("head") == "channel_ar" else "debug_tokenizer"
+
+
 def offline_overrides(config: Path) -> list[str]:
     """Keep recipes that load pretrained VGG (LPIPS) offline: a random backbone has the same shapes."""
     init_args = yaml.safe_load(config.read_text())["model"]["init_args"]
@@ -24,11 +30,11 @@ def offline_overrides(config: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
-def test_every_config_parses_and_instantiates(config, debug_tokenizer, tmp_path):
+def test_every_config_parses_and_instantiates(config, request, tmp_path):
     args = ["--config", str(config), f"--trainer.default_root_dir={tmp_path}", *QUIET, *CPU]
     args += offline_overrides(config)
     if needs_tokenizer(config):
-        args.append(f"--model.init_args.tokenizer={debug_tokenizer}")
+        args.append(f"--model.init_args.tokenizer={request.getfixturevalue(tokenizer_fixture(config))}")
     cli = MMARCLI(args=args, run=False)
     assert cli.model is not None and cli.datamodule is not None
 

@@ -90,6 +90,22 @@ def test_quantiser_runs_in_fp32_under_autocast():
     assert recon.shape == (4, 1, 16, 16)
 
 
+def test_perturb_latents_hook_feeds_the_decoder_in_forward_only():
+    class AllCodeZero(VQTokenizer):  # a RobusTok-style subclass: replace every code by code 0
+        def perturb_latents(self, z, zq, ids):
+            assert z.shape == zq.shape == (4, 8, 4, 4) and ids.shape == (4, 4, 4)
+            zero = torch.zeros_like(ids)
+            return self.codes_from_ids(zero), zero
+
+    torch.manual_seed(0)
+    tok = AllCodeZero(**{**TINY, "codebook_size": 32, "codebook_dim": 4}).eval()
+    x = images()
+    recon, ids, _ = tok(x)
+    assert torch.equal(ids, torch.zeros(4, 4, 4, dtype=torch.long))
+    torch.testing.assert_close(recon, tok.decode(ids), rtol=0, atol=0)
+    assert tok.encode(x).unique().numel() > 1  # encode bypasses the hook
+
+
 def test_grid_errors_name_the_fix():
     tok = tiny_vq()
     with pytest.raises(ConfigError, match=r"3 channels.*expects 1"):
