@@ -126,11 +126,23 @@ def main(argv=None) -> None:
     p.add_argument("--grids", default="runs/eval_tokenizers")
     args = p.parse_args(argv)
     rows = [run_config(c, args.train, args.max_batches, Path(args.grids)) for c in args.configs]
-    table = markdown(rows)
-    print(table)
-    write_docs(table, Path(args.docs))
-    Path(args.docs).with_suffix(".json").write_text(json.dumps(rows, indent=2))
-    print(f"wrote {args.docs} and {Path(args.docs).with_suffix('.json')}", file=sys.stderr)
+    print(markdown(rows))
+    results = Path(args.docs).with_suffix(".json")
+    # rows of recipes not measured in this run are kept, so one recipe can be re-measured on its own
+    measured = {r["config"] for r in rows}
+    kept = (
+        [r for r in json.loads(results.read_text()) if r["config"] not in measured]
+        if results.exists()
+        else []
+    )
+    order = lambda r: (
+        DEFAULT_CONFIGS.index(r["config"]) if r["config"] in DEFAULT_CONFIGS else 99,
+        r["config"],
+    )
+    rows = sorted(kept + rows, key=order)
+    write_docs(markdown(rows), Path(args.docs))
+    results.write_text(json.dumps(rows, indent=2))
+    print(f"wrote {args.docs} and {results}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ def test_eval_tokenizers_writes_table(debug_tokenizer, tmp_path):
     docs.write_text(
         "# T\n\nintro\n<!-- eval_tokenizers:begin -->\nold\n<!-- eval_tokenizers:end -->\nafter\n"
     )
+    other = {"config": "other.yaml", "missing": "not trained"}  # measured earlier: kept in the table
+    docs.with_suffix(".json").write_text(json.dumps([other, {"config": str(recipe), "stale": True}]))
 
     spec = importlib.util.spec_from_file_location("eval_tokenizers", "scripts/eval_tokenizers.py")
     script = importlib.util.module_from_spec(spec)
@@ -23,10 +25,13 @@ def test_eval_tokenizers_writes_table(debug_tokenizer, tmp_path):
     args = ["--configs", str(recipe), "--max-batches", "2", "--docs", str(docs), "--grids", str(tmp_path)]
     script.main(args)
 
-    (row,) = json.loads(docs.with_suffix(".json").read_text())
+    rows = {r["config"]: r for r in json.loads(docs.with_suffix(".json").read_text())}
+    assert rows.keys() == {"other.yaml", str(recipe)} and rows["other.yaml"] == other
+    row = rows[str(recipe)]
+    assert "stale" not in row
     assert row["kind"] == "discrete" and row["grid"] == [8, 8] and row["num_items"] == 16
     assert 0 < row["usage"] <= 1 and row["psnr"] > 0 and 0 < row["ssim"] <= 1 and row["embedded_rfd"] >= 0
     text = docs.read_text()
     assert "old" not in text and text.startswith("# T\n\nintro\n") and text.endswith("after\n")
-    assert "| debug_vq | vq | discrete | 8x8 | 32 |" in text
+    assert "| debug_vq | vq | discrete | 8x8 | 32 |" in text and "| other.yaml | not trained |" in text
     assert (tmp_path / "debug_vq.png").is_file()
