@@ -14,6 +14,7 @@ The CFG batch is `cat([cond, null])` (LlamaGen): the first half of the logits is
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
 
@@ -73,11 +74,12 @@ class Sampler:
             return s if lo <= p <= hi else 1.0
         return s
 
-    def generator(self, device: torch.device | str) -> torch.Generator | None:
-        """A fresh generator seeded with `seed` for one generate call (None when unseeded)."""
+    def generator(self, device: torch.device | str, stream: int = 0) -> torch.Generator | None:
+        """A fresh generator seeded with `seed` for one generate call (None when unseeded); `stream` > 0
+        gives independent streams for other draws of the same call (e.g. teacher forcing)."""
         if self.seed is None:
             return None
-        return torch.Generator(device=device).manual_seed(self.seed)
+        return torch.Generator(device=device).manual_seed(self.seed + 1_000_003 * stream)
 
     def pick(
         self, logits: torch.Tensor, progress: float = 0.0, generator: torch.Generator | None = None
@@ -96,3 +98,29 @@ class Sampler:
             min_p=self.min_p,
             generator=generator,
         )
+
+
+def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sampler's command-line options, shared by the sampling scripts (see `sampler_from_arguments`)."""
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--min-p", type=float, default=0.0)
+    parser.add_argument("--cfg-scale", type=float, default=1.0)
+    parser.add_argument("--cfg-schedule", default="constant", choices=CFG_SCHEDULES)
+    parser.add_argument("--cfg-power", type=float, default=1.0)
+    parser.add_argument("--cfg-interval", type=float, nargs=2, default=(0.0, 1.0))
+
+
+def sampler_from_arguments(args: argparse.Namespace) -> Sampler:
+    """A Sampler from the options of `add_sampler_arguments` (unseeded: callers seed each batch)."""
+    return Sampler(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        cfg_scale=args.cfg_scale,
+        cfg_schedule=args.cfg_schedule,
+        cfg_power=args.cfg_power,
+        cfg_interval=tuple(args.cfg_interval),
+    )

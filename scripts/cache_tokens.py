@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 import tokenizers_visual  # noqa: F401  (importing the package registers the tokenizer classes)
-from mmar.data.digits import DigitsDataModule
-from mmar.data.image_folder import ImageFolderDataset, collate_skip_none
-from mmar.data.token_cache import cache_tokens
+from mmar.data.image_folder import collate_skip_none
+from mmar.data.token_cache import cache_tokens, ordered_dataset
 from mmar.errors import ConfigError
 from tokenizers_visual.base import load_tokenizer
 
@@ -44,24 +43,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_dataset(args: argparse.Namespace) -> Dataset:
-    """The dataset to encode, in a fixed order (no shuffling, no augmentation)."""
-    if args.data == "digits":
-        dm = DigitsDataModule(
-            image_size=args.image_size or 32, val_fraction=args.val_fraction, seed=args.seed, augment=False
-        )
-        dm.setup()
-        return dm.train_dataset if args.split == "train" else dm.val_dataset
-    if not args.root:
-        raise ConfigError("--data image_folder needs --root pointing at root/<class_name>/<image files>")
-    return ImageFolderDataset(args.root, image_size=args.image_size or 256, channels=args.channels)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         tokenizer = load_tokenizer(args.tokenizer, map_location=args.device)
-        dataset = build_dataset(args)
+        dataset = ordered_dataset(
+            args.data, args.root, args.image_size, args.channels, args.split, args.val_fraction, args.seed
+        )
         loader = DataLoader(
             dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_skip_none
         )

@@ -6,8 +6,13 @@
 For each config (default: the quickstart VQ and every configs/tokenizers/*.yaml) the tokenizer is
 loaded from the config's `export_dir` and scored on the val split of the config's own DataModule: PSNR,
 SSIM, codebook usage (unique ids over the split / vocabulary), and an embedded reconstruction Fréchet
-distance in the digits classifier's feature space for 1-channel data (not Inception rFID). Training time
-is the wall time of `mmar fit` when --train is given. Reconstruction grids go to runs/eval_tokenizers/.
+distance in the digits classifier's feature space for 1-channel data (not Inception rFID), plus for
+single-codebook VQ tokenizers the perturbed one (pFID-style, RobusTok): reconstructions from tokens of
+which a share --pfid-alpha was replaced by one of their --pfid-delta nearest codes. Training time is the
+wall time of `mmar fit` when --train is given; recipes that post-train an exported tokenizer (their
+`tokenizer` is a path) need a generator first and are only evaluated (see their header). Rows of recipes
+not named in --configs are kept, and a re-evaluated row keeps its earlier training time. Reconstruction
+grids go to runs/eval_tokenizers/.
 """
 
 from __future__ import annotations
@@ -24,9 +29,9 @@ import torch
 import yaml
 from torchvision.utils import save_image
 
-from mmar.eval import DigitsMetrics, as_frames, psnr, reconstruction_fd, ssim
+from mmar.eval import DigitsMetrics, as_frames, perturbed_fd, psnr, reconstruction_fd, ssim
 from mmar.lit.tokenizer_module import model_inputs
-from tokenizers_visual import load_tokenizer
+from tokenizers_visual import VQTokenizer, load_tokenizer
 
 DEFAULT_CONFIGS = [
     "configs/quickstart/digits_vq.yaml",
@@ -64,11 +69,12 @@ def evaluate(tokenizer, loader, max_batches: int) -> tuple[dict, torch.Tensor, t
     return metrics, torch.cat(originals), torch.cat(recons)
 
 
-def run_config(config_path: str, train: bool, max_batches: int, grids: Path) -> dict:
+def run_config(config_path: str, args: argparse.Namespace) -> dict:
     config = yaml.safe_load(Path(config_path).read_text())
     export_dir = config["model"]["init_args"]["export_dir"]
     row = {"config": config_path, "tokenizer": export_dir}
-    if train:
+    post_training = isinstance(config["model"]["init_args"].get("tokenizer"), str)
+    if args.train and not post_training:
         start = time.perf_counter()
         subprocess.run(
             ["mmar", "fit", "--config", config_path, "--trainer.enable_progress_bar=false"], check=True
@@ -78,7 +84,7 @@ def run_config(config_path: str, train: bool, max_batches: int, grids: Path) -> 
         return {**row, "missing": f"not trained: run `mmar fit --config {config_path}`"}
     tokenizer = load_tokenizer(export_dir)
     loader = build_datamodule(config["data"]).val_dataloader()
-    metrics, originals, recons = evaluate(tokenizer, loader, max_batches)
+    metrics, originals, recons = evaluate(tokenizer, loader, args.max_batches)
     size = tokenizer.vocab_size if tokenizer.kind == "discrete" else tokenizer.latent_dim
     input_shape = tuple(model_inputs(next(iter(loader))).shape[1:])
     row.update(name=tokenizer.name, kind=tokenizer.kind, grid=list(tokenizer.grid(input_shape)), size=size)
@@ -86,6 +92,12 @@ def run_config(config_path: str, train: bool, max_batches: int, grids: Path) -> 
     if originals.shape[1] == 1:  # grayscale digits-like data: embedded features apply
         features = DigitsMetrics(image_size=originals.shape[-1]).features
         row["embedded_rfd"] = reconstruction_fd(features, originals, recons)
+        if isinstance(tokenizer, VQTokenizer) and tokenizer.num_quantizers == 1:
+            row["embedded_pfd"] = perturbed_fd(
+                tokenizer, features, originals, args.pfid_alpha, args.pfid_delta
+            )
+            row["pfd_setting"] = {"alpha": args.pfid_alpha, "delta": args.pfid_delta}
+    grids = Path(args.grids)
     grids.mkdir(parents=True, exist_ok=True)
     pairs = torch.stack([originals[:16], recons[:16]], dim=1).flatten(0, 1)  # original, recon, ...
     save_image(pairs, grids / f"{Path(config_path).stem}.png", nrow=8, normalize=True, value_range=(-1, 1))
@@ -95,7 +107,7 @@ def run_config(config_path: str, train: bool, max_batches: int, grids: Path) -> 
 def markdown(rows: list[dict]) -> str:
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
     header = ["recipe", "tokenizer", "kind", "grid", "vocab / latent", "PSNR (dB)", "SSIM", "usage"]
-    header += ["embedded rFD", "train (s)"]
+    header += ["embedded rFD", "embedded pFD", "train (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         if "missing" in r:
@@ -105,7 +117,8 @@ def markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {Path(r['config']).stem} | {r['name']} | {r['kind']} | {grid} | {r['size']} | "
             f"{fmt(r['psnr'], '.2f')} | {fmt(r['ssim'], '.3f')} | {fmt(r['usage'], '.3f')} | "
-            f"{fmt(r.get('embedded_rfd'), '.3f')} | {fmt(r.get('train_seconds'), '.0f')} |"
+            f"{fmt(r.get('embedded_rfd'), '.3f')} | {fmt(r.get('embedded_pfd'), '.3f')} | "
+            f"{fmt(r.get('train_seconds'), '.0f')} |"
         )
     return "\n".join(lines)
 
@@ -124,22 +137,21 @@ def main(argv=None) -> None:
     p.add_argument("--max-batches", type=int, default=50, help="val batches per tokenizer")
     p.add_argument("--docs", default="docs/tokenizers.md")
     p.add_argument("--grids", default="runs/eval_tokenizers")
+    p.add_argument("--pfid-alpha", type=float, default=0.25, help="pFD: share of tokens replaced")
+    p.add_argument("--pfid-delta", type=int, default=8, help="pFD: nearest codes a replacement is drawn from")
     args = p.parse_args(argv)
-    rows = [run_config(c, args.train, args.max_batches, Path(args.grids)) for c in args.configs]
+    rows = [run_config(c, args) for c in args.configs]
     print(markdown(rows))
     results = Path(args.docs).with_suffix(".json")
+    earlier = {r["config"]: r for r in json.loads(results.read_text())} if results.exists() else {}
+    for row in rows:  # a re-evaluated (not re-trained) recipe keeps its measured training time
+        if "train_seconds" in earlier.get(row["config"], {}) and "missing" not in row:
+            row.setdefault("train_seconds", earlier[row["config"]]["train_seconds"])
     # rows of recipes not measured in this run are kept, so one recipe can be re-measured on its own
     measured = {r["config"] for r in rows}
-    kept = (
-        [r for r in json.loads(results.read_text()) if r["config"] not in measured]
-        if results.exists()
-        else []
-    )
-    order = lambda r: (
-        DEFAULT_CONFIGS.index(r["config"]) if r["config"] in DEFAULT_CONFIGS else 99,
-        r["config"],
-    )
-    rows = sorted(kept + rows, key=order)
+    rows += [r for config, r in earlier.items() if config not in measured]
+    rank = {config: i for i, config in enumerate(DEFAULT_CONFIGS)}
+    rows.sort(key=lambda r: (rank.get(r["config"], len(rank)), r["config"]))
     write_docs(markdown(rows), Path(args.docs))
     results.write_text(json.dumps(rows, indent=2))
     print(f"wrote {args.docs} and {results}", file=sys.stderr)

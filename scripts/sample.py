@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from mmar.errors import ConfigError
 from mmar.lit.loading import load_generator
-from mmar.sampling import CFG_SCHEDULES, Sampler
+from mmar.sampling import add_sampler_arguments, sampler_from_arguments
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,14 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--classes", type=int, nargs="*", help="class ids (default: all)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--grid-columns", type=int, default=10, help="samples per class shown in grid.png")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--min-p", type=float, default=0.0)
-    p.add_argument("--cfg-scale", type=float, default=1.0)
-    p.add_argument("--cfg-schedule", default="constant", choices=CFG_SCHEDULES)
-    p.add_argument("--cfg-power", type=float, default=1.0)
-    p.add_argument("--cfg-interval", type=float, nargs=2, default=(0.0, 1.0))
+    add_sampler_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="batch i uses seed + i")
     p.add_argument("--embedded-metrics", action="store_true", help="digits-only classifier accuracy + FD")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -55,16 +48,7 @@ def run(args: argparse.Namespace) -> dict:
     classes = args.classes if args.classes else list(range(num_classes))
     if any(not 0 <= c < num_classes for c in classes):
         raise ConfigError(f"--classes must lie in [0, {num_classes}), got {classes}")
-    sampler = Sampler(
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        cfg_scale=args.cfg_scale,
-        cfg_schedule=args.cfg_schedule,
-        cfg_power=args.cfg_power,
-        cfg_interval=tuple(args.cfg_interval),
-    )
+    sampler = sampler_from_arguments(args)
     labels = torch.tensor(classes).repeat_interleave(args.per_class)  # (N,) grouped by class
     images, start = [], time.perf_counter()
     for i, batch in enumerate(tqdm(labels.split(args.batch_size), desc="sampling", unit="batch")):

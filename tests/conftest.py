@@ -36,3 +36,21 @@ def debug_tokenbridge_tokenizer(tmp_path_factory) -> str:
     export = tmp_path_factory.mktemp("debug_tokenbridge") / "tokenizer"
     PostQuantTokenizer(inner, bits=6).save_pretrained(export)
     return str(export)
+
+
+@pytest.fixture(scope="session")
+def debug_pairs_cache(debug_tokenizer, tmp_path_factory) -> str:
+    """A token cache with images (as `scripts/make_post_train_pairs.py` writes): 40 digits-sized random
+    images with random ids of the debug VQ tokenizer (vocabulary 32, 8x8 grid)."""
+    import torch
+
+    from mmar.data.token_cache import save_token_cache
+
+    generator = torch.Generator().manual_seed(0)
+    n = 40
+    meta = {"vocab_size": 32, "grid": [8, 8], "num_items": n, "num_classes": 10, "image_shape": [1, 32, 32]}
+    path = tmp_path_factory.mktemp("debug_pairs")
+    images = torch.rand(n, 1, 32, 32, generator=generator) * 2 - 1
+    tokens = torch.randint(32, (n, 8, 8), generator=generator)
+    save_token_cache(path, tokens, torch.arange(n) % 10, meta, images=images)
+    return str(path)

@@ -15,6 +15,7 @@ from tokenizers_visual.diffusers_vae import DiffusersVAETokenizer
 from tokenizers_visual.fsq import FSQTokenizer, LFQTokenizer
 from tokenizers_visual.kl_vae import KLVAETokenizer, LatentNormalization
 from tokenizers_visual.post_quant import PostQuantTokenizer
+from tokenizers_visual.robust_vq import RobustVQTokenizer
 from tokenizers_visual.subobject import SubobjectTokenizer, SubobjectTokens
 from tokenizers_visual.video import VideoFSQTokenizer
 from tokenizers_visual.vq import VQTokenizer
@@ -27,6 +28,7 @@ __all__ = [
     "LFQTokenizer",
     "LatentNormalization",
     "PostQuantTokenizer",
+    "RobustVQTokenizer",
     "SubobjectTokenizer",
     "SubobjectTokens",
     "Tokenizer",

@@ -82,6 +82,10 @@ class Tokenizer(nn.Module):
         latents a generator sees are normalised by numbers measured on data, never hard-coded.
         """
 
+    def set_progress(self, progress: float) -> None:
+        """Hook called by `TokenizerModule` before each training step with the fraction of training done
+        (0 to 1), for tokenizers with schedules (e.g. RobusTok's annealed perturbation); a no-op here."""
+
     def check_input(self, x: torch.Tensor) -> None:
         """Validate an image batch [B, C, H, W] against this tokenizer (clear error otherwise)."""
         if x.ndim != 4:

@@ -3,13 +3,14 @@
 As in LlamaGen's `extract_codes` step, images go through the tokenizer a single time and the discrete
 ids are stored, so generator training never runs the tokenizer. A cache is a folder with
 
-- `tokens.safetensors`: "tokens" int32 [N, h, w] and "labels" int64 [N]
+- `tokens.safetensors`: "tokens" int32 [N, h, w] and "labels" int64 [N], optionally "images" float32
+  [N, C, H, W] (pairs of images and tokens, e.g. generated tokens for RobusTok's decoder post-training)
 - `meta.json`: tokenizer_path, tokenizer_name, vocab_size, grid, num_items, num_classes, image_shape
 
 `meta.json` is written last, so a folder with it holds a complete cache. Build one with
 `scripts/cache_tokens.py` (or `cache_tokens` from Python); serve it with `TokenCacheDataModule`.
 
-Batches: {"tokens": long [B, h, w], "label": long [B]}.
+Batches: {"tokens": long [B, h, w], "label": long [B]} (and "image" [B, C, H, W] when stored).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from mmar.data.base import SplitDataModule
-from mmar.data.digits import stratified_split
+from mmar.data.digits import DigitsDataModule, stratified_split
+from mmar.data.image_folder import ImageFolderDataset
 from mmar.errors import ConfigError
 from mmar.io import atomic_write
 
@@ -102,13 +104,46 @@ def cache_tokens(
     return meta
 
 
+def ordered_dataset(
+    data: str,
+    root: str | None = None,
+    image_size: int | None = None,
+    channels: int = 3,
+    split: str = "train",
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> Dataset:
+    """The images to encode, in a fixed order (no shuffling, no augmentation).
+
+    `data` is "digits" (the embedded digits, `split` of a seeded `val_fraction` split, 32x32 by default)
+    or "image_folder" (`root`/<class>/<images>, 256x256 by default, `channels` 1 or 3).
+    """
+    if data == "digits":
+        dm = DigitsDataModule(
+            image_size=image_size or 32, val_fraction=val_fraction, seed=seed, augment=False
+        )
+        dm.setup()
+        return dm.train_dataset if split == "train" else dm.val_dataset
+    if data != "image_folder":
+        raise ConfigError(f"unknown data '{data}'; choose digits or image_folder")
+    if not root:
+        raise ConfigError("--data image_folder needs --root pointing at root/<class_name>/<image files>")
+    return ImageFolderDataset(root, image_size=image_size or 256, channels=channels)
+
+
 def save_token_cache(
-    path: str | os.PathLike, tokens: torch.Tensor, labels: torch.Tensor, meta: dict[str, Any]
+    path: str | os.PathLike,
+    tokens: torch.Tensor,
+    labels: torch.Tensor,
+    meta: dict[str, Any],
+    images: torch.Tensor | None = None,
 ) -> None:
     """Write `tokens.safetensors` then `meta.json` into `path`, each atomically."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {"tokens": tokens.to(torch.int32).contiguous(), "labels": labels.to(torch.int64).contiguous()}
+    if images is not None:
+        tensors["images"] = images.to(torch.float32).contiguous()
     atomic_write(path / TOKENS_NAME, lambda tmp: save_file(tensors, tmp))
     atomic_write(path / META_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
 
@@ -124,32 +159,35 @@ def read_token_cache_meta(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads((path / META_NAME).read_text())
 
 
-def load_token_cache(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """(tokens long [N, h, w], labels long [N], meta) from a cache folder."""
+def load_token_cache(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """({"tokens": long [N, h, w], "labels": long [N], "images"?: [N, C, H, W]}, meta) from a cache."""
     meta = read_token_cache_meta(path)
     tensors = load_file(str(Path(path) / TOKENS_NAME))
-    tokens, labels = tensors["tokens"].long(), tensors["labels"].long()
-    if len(tokens) != meta["num_items"] or list(tokens.shape[1:]) != meta["grid"]:
+    tensors["tokens"], tensors["labels"] = tensors["tokens"].long(), tensors["labels"].long()
+    tokens = tensors["tokens"]
+    if len(tokens) != meta["num_items"] or list(tokens.shape[1 : 1 + len(meta["grid"])]) != meta["grid"]:
         raise ConfigError(
             f"token cache '{path}' is inconsistent: {TOKENS_NAME} holds {tuple(tokens.shape)} but "
             f"{META_NAME} says {meta['num_items']} items on grid {meta['grid']}; rebuild it with "
             "scripts/cache_tokens.py"
         )
-    return tokens, labels, meta
+    return tensors, meta
+
+
+ITEM_KEYS = {"tokens": "tokens", "labels": "label", "images": "image"}  # stored name -> batch key
 
 
 class TokenCacheDataset(Dataset):
-    """Cached ids; each item is {"tokens": long [h, w], "label": long scalar}."""
+    """Cached ids; each item is {"tokens": long [h, w], "label": long scalar, "image"?: [C, H, W]}."""
 
-    def __init__(self, tokens: torch.Tensor, labels: torch.Tensor):
-        self.tokens = tokens
-        self.labels = labels
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors = {ITEM_KEYS[name]: value for name, value in tensors.items()}
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.tensors["label"])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"tokens": self.tokens[index], "label": self.labels[index]}
+        return {key: value[index] for key, value in self.tensors.items()}
 
 
 class TokenCacheDataModule(SplitDataModule):
@@ -193,7 +231,8 @@ class TokenCacheDataModule(SplitDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
-        tokens, labels, _ = load_token_cache(self.path)
-        train_idx, val_idx = stratified_split(labels, self.val_fraction, self.seed)
-        self.train_dataset = TokenCacheDataset(tokens[train_idx], labels[train_idx])
-        self.val_dataset = TokenCacheDataset(tokens[val_idx], labels[val_idx]) if len(val_idx) else None
+        tensors, _ = load_token_cache(self.path)
+        train_idx, val_idx = stratified_split(tensors["labels"], self.val_fraction, self.seed)
+        self.train_dataset = TokenCacheDataset({k: v[train_idx] for k, v in tensors.items()})
+        val = {k: v[val_idx] for k, v in tensors.items()}
+        self.val_dataset = TokenCacheDataset(val) if len(val_idx) else None

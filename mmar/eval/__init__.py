@@ -7,7 +7,14 @@ from mmar.eval.embedded import (
     train_digits_classifier,
 )
 from mmar.eval.frechet import feature_statistics, frechet_distance
-from mmar.eval.tokenizer_metrics import CodebookUsage, as_frames, psnr, reconstruction_fd, ssim
+from mmar.eval.tokenizer_metrics import (
+    CodebookUsage,
+    as_frames,
+    perturbed_fd,
+    psnr,
+    reconstruction_fd,
+    ssim,
+)
 
 __all__ = [
     "CodebookUsage",
@@ -17,6 +24,7 @@ __all__ = [
     "feature_statistics",
     "frechet_distance",
     "load_digits_classifier",
+    "perturbed_fd",
     "psnr",
     "reconstruction_fd",
     "ssim",

@@ -1,4 +1,5 @@
-"""Tokenizer metrics in one place: codebook usage, PSNR, SSIM and the reconstruction Fréchet distance.
+"""Tokenizer metrics in one place: codebook usage, PSNR, SSIM, the reconstruction Fréchet distance and its
+perturbed variant (pFID) for VQ tokenizers.
 
 Codebook usage follows LlamaGen (Sun et al., 2024): the fraction of codes that occur among the most
 recently produced code ids — not the perplexity of the code distribution. SSIM is torchmetrics' Gaussian
@@ -95,3 +96,43 @@ def reconstruction_fd(features, originals: torch.Tensor, reconstructions: torch.
     mu_r, sigma_r = feature_statistics(features(reconstructions))
     mu_o, sigma_o = feature_statistics(features(originals))
     return frechet_distance(mu_r, sigma_r, mu_o, sigma_o)
+
+
+@torch.no_grad()
+def perturbed_fd(
+    tokenizer,
+    features,
+    images: torch.Tensor,
+    alpha: float,
+    delta: int,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> float:
+    """pFID-style robustness score (RobusTok, Qiu et al. 2025): the Fréchet distance between
+    `features(images)` and the features of decodes of their tokens after a perturbation that replaces
+    round(alpha * N) tokens of every image by a uniform draw among the `delta` codes nearest to each
+    (`tokenizers_visual.robust_vq.perturb_ids`). Works for any single-codebook VQ tokenizer.
+
+    Args:
+        tokenizer: a `VQTokenizer` (or subclass) with one codebook.
+        features: callable images [N, C, H, W] -> features [N, D] (embedded or Inception features).
+        images: [N, C, H, W] in [-1, 1].
+        alpha: share of the tokens of each image replaced.
+        delta: nearest codes a replacement is drawn from.
+        seed: seed of the perturbation (CPU generator), so scores are reproducible.
+        batch_size: images encoded and decoded at once.
+    """
+    from tokenizers_visual.robust_vq import nearest_codes, perturb_ids
+    from tokenizers_visual.vq import VQTokenizer
+
+    if not isinstance(tokenizer, VQTokenizer) or tokenizer.num_quantizers != 1:
+        raise ValueError(
+            f"perturbed_fd needs a single-codebook VQ tokenizer (vq, robust_vq), got '{tokenizer.name}'"
+        )
+    neighbours = nearest_codes(tokenizer.quantizer.codebook, delta)  # (K, delta)
+    generator = torch.Generator().manual_seed(seed)
+    decoded = []
+    for x in images.split(batch_size):
+        ids, _ = perturb_ids(tokenizer.encode(x), neighbours, alpha, 1.0, generator)  # (b, h, w)
+        decoded.append(tokenizer.decode(ids).clamp(-1, 1))
+    return reconstruction_fd(features, images, torch.cat(decoded))

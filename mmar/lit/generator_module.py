@@ -142,11 +142,14 @@ class GeneratorModule(LightningModule):
         return self.tokenizer.decode(self.generate_tokens(labels, sampler))
 
     @torch.no_grad()
-    def generate_tokens(self, labels: torch.Tensor, sampler: Sampler | None = None) -> torch.Tensor:
-        """Class-conditional token grids: labels [B] -> tokens [B, *grid]."""
+    def generate_tokens(
+        self, labels: torch.Tensor, sampler: Sampler | None = None, **unit_kwargs
+    ) -> torch.Tensor:
+        """Class-conditional token grids: labels [B] -> tokens [B, *grid]; `unit_kwargs` go to the unit's
+        `generate` (e.g. `teacher` and `teacher_prob` for the next-token unit)."""
         sampler = sampler or Sampler()
         cond = self.conditioning.for_sampling(labels.to(self.device), sampler.guided)
-        return self.unit.generate(self.trunk, cond, self.grid, sampler)
+        return self.unit.generate(self.trunk, cond, self.grid, sampler, **unit_kwargs)
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.generate(batch["label"])

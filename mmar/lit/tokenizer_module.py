@@ -29,17 +29,23 @@ import tokenizers_visual  # noqa: F401  (registers the tokenizers)
 from mmar.errors import ConfigError
 from mmar.eval.tokenizer_metrics import CodebookUsage, psnr
 from mmar.lit.optim import adamw, scheduled
-from tokenizers_visual.base import TOKENIZERS, Tokenizer
+from tokenizers_visual.base import TOKENIZERS, Tokenizer, load_tokenizer
 from tokenizers_visual.losses import PatchDiscriminator, PerceptualLoss, hinge_d_loss, hinge_g_loss
 
 RECON_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
+TRAINABLE = ("all", "decoder")
 
 
 class TokenizerModule(LightningModule):
     """Trains a tokenizer from `TOKENIZERS` on batches {"image": [B, C, H, W] in [-1, 1], "label": [B]}.
 
     Args:
-        tokenizer: constructor kwargs of the tokenizer, plus "name" (a key of `TOKENIZERS`, default "vq").
+        tokenizer: constructor kwargs of the tokenizer, plus "name" (a key of `TOKENIZERS`, default "vq");
+            or the folder of an exported tokenizer to train further (e.g. to post-train its decoder).
+        trainable: "all" trains the whole tokenizer; "decoder" freezes everything but the decoder
+            (RobusTok's decoder post-training). Batches that carry "tokens" (a token cache with images,
+            from `scripts/make_post_train_pairs.py`) are then decoded from those tokens and compared
+            with their images.
         lr: peak learning rate (AdamW), for the autoencoder and the discriminator.
         betas: AdamW betas.
         weight_decay: AdamW weight decay.
@@ -58,7 +64,8 @@ class TokenizerModule(LightningModule):
 
     def __init__(
         self,
-        tokenizer: dict[str, Any] | None = None,
+        tokenizer: dict[str, Any] | str | None = None,
+        trainable: str = "all",
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.95),
         weight_decay: float = 0.0,
@@ -79,7 +86,17 @@ class TokenizerModule(LightningModule):
         self.automatic_optimization = False
         if recon_loss not in RECON_LOSSES:
             raise ConfigError(f"recon_loss must be one of {sorted(RECON_LOSSES)}, got '{recon_loss}'")
-        self.tokenizer = build_tokenizer(tokenizer or {})
+        if trainable not in TRAINABLE:
+            raise ConfigError(f"trainable must be one of {TRAINABLE}, got '{trainable}'")
+        self.tokenizer = (
+            load_tokenizer(tokenizer) if isinstance(tokenizer, str) else build_tokenizer(tokenizer or {})
+        )
+        if trainable == "decoder":
+            if not isinstance(getattr(self.tokenizer, "decoder", None), torch.nn.Module):
+                raise ConfigError(
+                    f"trainable='decoder' needs a tokenizer with a decoder; {self.tokenizer.name} has none"
+                )
+            self.tokenizer.requires_grad_(False).decoder.requires_grad_(True)
         self.recon_loss = RECON_LOSSES[recon_loss]
         self.discriminator = (
             PatchDiscriminator(self.tokenizer.in_channels, disc_channels, disc_layers)
@@ -94,7 +111,8 @@ class TokenizerModule(LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizers = [adamw(self.tokenizer, hp.lr, hp.betas, hp.weight_decay)]
+        trained = self.tokenizer.decoder if hp.trainable == "decoder" else self.tokenizer
+        optimizers = [adamw(trained, hp.lr, hp.betas, hp.weight_decay)]
         if self.discriminator is not None:
             optimizers.append(adamw(self.discriminator, hp.lr, hp.betas, hp.weight_decay))
         schedulers = [scheduled(opt, hp.warmup_steps, 0, "constant") for opt in optimizers]
@@ -107,7 +125,8 @@ class TokenizerModule(LightningModule):
         optimizers, schedulers = _as_list(self.optimizers()), _as_list(self.lr_schedulers())
         use_gan = self.discriminator is not None and self.global_step >= self.hparams.gan_start_step
 
-        recon, ids, aux_loss = self.tokenizer(x)  # [B, C, H, W], [B, h, w], scalar
+        self.tokenizer.set_progress(self.global_step / max(self.trainer.estimated_stepping_batches, 1))
+        recon, ids, aux_loss = self._autoencode(batch, x)  # [B, C, H, W], [B, h, w], scalar
         losses = {"rec_loss": self.recon_loss(recon, x), "aux_loss": aux_loss}
         if self._perceptual:
             losses["perceptual"] = self.hparams.perceptual_weight * self._perceptual_loss(recon, x)
@@ -126,11 +145,24 @@ class TokenizerModule(LightningModule):
         self._log_train(losses, loss, ids, x.shape[0], batch_idx)
         return loss
 
+    def _autoencode(self, batch: dict[str, torch.Tensor], x: torch.Tensor):
+        """(recon, ids, aux loss): decoded from the batch's own tokens when post-training the decoder."""
+        if self.hparams.trainable == "decoder" and "tokens" in batch:
+            tokens = batch["tokens"].long()
+            return self.tokenizer.decode(tokens), tokens, x.new_zeros(())
+        return self.tokenizer(x)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.hparams.trainable == "decoder":  # frozen parts stay in eval mode: no codebook updates
+            self.tokenizer.eval().decoder.train(mode)
+        return self
+
     def validation_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> None:
         if batch is None:
             return
         x = model_inputs(batch)  # [B, C, H, W] or [B, C, T, H, W]
-        recon, ids, _ = self.tokenizer(x)  # [B, C, H, W], [B, h, w]
+        recon, ids, _ = self._autoencode(batch, x)  # [B, C, H, W], [B, h, w]
         kwargs = {"on_epoch": True, "batch_size": x.shape[0], "sync_dist": True}
         self.log("val/rec_loss", self.recon_loss(recon, x), prog_bar=True, **kwargs)
         self.log("val/psnr", psnr(recon, x), prog_bar=True, **kwargs)

@@ -59,9 +59,22 @@ class NextToken(PredictionUnit):
         grid: tuple[int, ...],
         sampler: Sampler,
         use_cache: bool = True,
+        teacher: torch.Tensor | None = None,
+        teacher_prob: float = 0.0,
     ) -> torch.Tensor:
-        """Decode N tokens one by one. cond [B or 2B (CFG), n_cond, D] -> tokens [B, *grid]."""
+        """Decode N tokens one by one. cond [B or 2B (CFG), n_cond, D] -> tokens [B, *grid].
+
+        With `teacher` tokens [B, *grid] (RobusTok's decoder post-training), each generated token is
+        replaced by the teacher's with probability `teacher_prob`, independently per sample and step,
+        and decoding continues from whichever token was kept. These draws use their own random stream
+        (seeded from `sampler.seed`), so that `teacher_prob=0` reproduces plain generation exactly.
+        """
         self.check_grid(grid)
+        if teacher is not None:
+            self.check_tokens(teacher)
+            teacher = teacher.flatten(1, len(self.grid))  # (B, N, *token_shape)
+            draws = sampler.generator(cond.device, stream=1)
+            keep = torch.rand(teacher.shape[:2], generator=draws, device=cond.device) < teacher_prob  # (B, N)
         n_cond, n = cond.shape[1], self.seq_len
         positions = self.positions(n_cond, cond.device)  # (n_cond + N, A)
         cache = (
@@ -73,6 +86,8 @@ class NextToken(PredictionUnit):
             start = cache.length if use_cache else 0
             hidden = trunk(seq, positions[start : start + seq.shape[1]], Causal(), cache=cache)
             token = self.head.sample(hidden[:, -1], sampler, i / n, generator)  # (B, *token_shape)
+            if teacher is not None:
+                token = torch.where(keep[:, i].view(-1, *[1] * (token.ndim - 1)), teacher[:, i], token)
             tokens.append(token)
             fed = torch.cat([token, token]) if sampler.guided else token  # both CFG halves read it
             embedded = self.head.embed(fed)[:, None]  # (B', 1, D)

@@ -17,6 +17,17 @@ def needs_tokenizer(config: Path) -> bool:
     return "GeneratorModule" in yaml.safe_load(config.read_text())["model"]["class_path"]
 
 
+def fixture_overrides(config: Path, request) -> list[str]:
+    """Point a recipe's trained inputs (tokenizer folder, token cache) at the tiny ones of the fixtures."""
+    recipe = yaml.safe_load(config.read_text())
+    init_args, args = recipe["model"]["init_args"], []
+    if needs_tokenizer(config) or isinstance(init_args.get("tokenizer"), str):  # a generator or post-training
+        args.append(f"--model.init_args.tokenizer={request.getfixturevalue(tokenizer_fixture(config))}")
+    if recipe["data"]["class_path"].endswith("TokenCacheDataModule"):
+        args.append(f"--data.init_args.path={request.getfixturevalue('debug_pairs_cache')}")
+    return args
+
+
 def tokenizer_fixture(config: Path) -> str:
     """The fixture whose tokenizer fits the recipe's head: per-channel ids for the channel-AR head."""
     unit_kwargs = yaml.safe_load(config.read_text())["model"]["init_args"].get("unit_kwargs") or {}
@@ -32,9 +43,7 @@ def offline_overrides(config: Path) -> list[str]:
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 def test_every_config_parses_and_instantiates(config, request, tmp_path):
     args = ["--config", str(config), f"--trainer.default_root_dir={tmp_path}", *QUIET, *CPU]
-    args += offline_overrides(config)
-    if needs_tokenizer(config):
-        args.append(f"--model.init_args.tokenizer={request.getfixturevalue(tokenizer_fixture(config))}")
+    args += offline_overrides(config) + fixture_overrides(config, request)
     cli = MMARCLI(args=args, run=False)
     assert cli.model is not None and cli.datamodule is not None
 

@@ -17,7 +17,8 @@ def test_eval_tokenizers_writes_table(debug_tokenizer, tmp_path):
         "# T\n\nintro\n<!-- eval_tokenizers:begin -->\nold\n<!-- eval_tokenizers:end -->\nafter\n"
     )
     other = {"config": "other.yaml", "missing": "not trained"}  # measured earlier: kept in the table
-    docs.with_suffix(".json").write_text(json.dumps([other, {"config": str(recipe), "stale": True}]))
+    stale = {"config": str(recipe), "stale": True, "train_seconds": 12.0}
+    docs.with_suffix(".json").write_text(json.dumps([other, stale]))
 
     spec = importlib.util.spec_from_file_location("eval_tokenizers", "scripts/eval_tokenizers.py")
     script = importlib.util.module_from_spec(spec)
@@ -28,7 +29,8 @@ def test_eval_tokenizers_writes_table(debug_tokenizer, tmp_path):
     rows = {r["config"]: r for r in json.loads(docs.with_suffix(".json").read_text())}
     assert rows.keys() == {"other.yaml", str(recipe)} and rows["other.yaml"] == other
     row = rows[str(recipe)]
-    assert "stale" not in row
+    assert "stale" not in row and row["train_seconds"] == 12.0  # re-evaluated: keeps its training time
+    assert row["embedded_pfd"] >= 0 and row["pfd_setting"] == {"alpha": 0.25, "delta": 8}
     assert row["kind"] == "discrete" and row["grid"] == [8, 8] and row["num_items"] == 16
     assert 0 < row["usage"] <= 1 and row["psnr"] > 0 and 0 < row["ssim"] <= 1 and row["embedded_rfd"] >= 0
     text = docs.read_text()

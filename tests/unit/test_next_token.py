@@ -95,3 +95,17 @@ def test_bad_grid_and_unknown_unit(model):
         unit.generate(trunk, cond.for_sampling(torch.tensor([0]), False), (8, 8), Sampler())
     with pytest.raises(ConfigError, match="unknown prediction unit 'next_pixel'"):
         build_unit("next_pixel", d_model=8, grid=GRID, vocab_size=4)
+
+
+@pytest.mark.parametrize("guided", [False, True])
+def test_teacher_forcing_keeps_the_teacher_at_probability_one_and_nothing_at_zero(model, guided):
+    trunk, unit, cond = model
+    sampler = Sampler(cfg_scale=2.0 if guided else 1.0, seed=3)
+    c = cond.for_sampling(torch.tensor([2, 5, 9]), sampler.guided)
+    teacher = torch.randint(0, 33, (3, *GRID))
+    assert torch.equal(unit.generate(trunk, c, GRID, sampler, teacher=teacher, teacher_prob=1.0), teacher)
+    free = unit.generate(trunk, c, GRID, sampler)
+    assert torch.equal(unit.generate(trunk, c, GRID, sampler, teacher=teacher, teacher_prob=0.0), free)
+    mixed = unit.generate(trunk, c, GRID, sampler, teacher=teacher, teacher_prob=0.5)
+    kept = (mixed == teacher).float().mean()
+    assert 0.3 < kept < 0.9  # about half kept, plus the sampled tokens that happen to agree
