@@ -126,6 +126,7 @@ class GeneratorModule(LightningModule):
     def training_step(self, batch: dict | None, batch_idx: int) -> torch.Tensor | None:
         if batch is None:  # every file of the batch was unreadable (skipped and counted by the data)
             return None
+        self.unit.set_progress(self.global_step / max(self.trainer.estimated_stepping_batches, 1))
         losses = self.step_losses(batch)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True)
         return losses["loss"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 from mmar.errors import ConfigError
 from mmar.units.base import PredictionUnit, UnitBatch, grid_positions
 from mmar.units.next_token import NextToken
+from mmar.units.random_order import RandomOrder
 
 UNITS: dict[str, type[PredictionUnit]] = {
     NextToken.name: NextToken,
+    RandomOrder.name: RandomOrder,
 }
 
 
@@ -18,4 +20,4 @@ def build_unit(name: str, **kwargs) -> PredictionUnit:
     return UNITS[name](**kwargs)
 
 
-__all__ = ["UNITS", "NextToken", "PredictionUnit", "UnitBatch", "build_unit", "grid_positions"]
+__all__ = ["UNITS", "NextToken", "PredictionUnit", "RandomOrder", "UnitBatch", "build_unit", "grid_positions"]

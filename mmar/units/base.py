@@ -71,6 +71,10 @@ class PredictionUnit(nn.Module):
                 f"cannot generate on grid {tuple(grid)}: this {self.name} unit was built for {self.grid}"
             )
 
+    def set_progress(self, progress: float) -> None:
+        """Hook called by `GeneratorModule` before each training step with the fraction of training done
+        (0 to 1), for units with schedules (e.g. RAR's permutation probability); a no-op here."""
+
     def prepare(self, tokens: torch.Tensor, cond: torch.Tensor) -> UnitBatch:
         raise NotImplementedError
 

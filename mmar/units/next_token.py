@@ -84,7 +84,8 @@ class NextToken(PredictionUnit):
         seq, tokens = cond, []  # seq: what the next trunk call sees
         for i in range(n):
             start = cache.length if use_cache else 0
-            hidden = trunk(seq, positions[start : start + seq.shape[1]], Causal(), cache=cache)
+            inputs = self.add_target_embedding(seq, start, n_cond)
+            hidden = trunk(inputs, positions[start : start + seq.shape[1]], Causal(), cache=cache)
             token = self.head.sample(hidden[:, -1], sampler, i / n, generator)  # (B, *token_shape)
             if teacher is not None:
                 token = torch.where(keep[:, i].view(-1, *[1] * (token.ndim - 1)), teacher[:, i], token)
@@ -93,6 +94,11 @@ class NextToken(PredictionUnit):
             embedded = self.head.embed(fed)[:, None]  # (B', 1, D)
             seq = embedded if use_cache else torch.cat([seq, embedded], dim=1)
         return torch.stack(tokens, dim=1).unflatten(1, self.grid)  # (B, *grid, *token_shape)
+
+    def add_target_embedding(self, x: torch.Tensor, start: int, n_cond: int) -> torch.Tensor:
+        """Hook for what the input at sequence position `start + t` learns about the token it predicts,
+        token `start + t - n_cond + 1` (RAR's target-aware embedding); x [B, T, D] is unchanged here."""
+        return x
 
     def num_steps(self, grid: tuple[int, ...]) -> int:
         self.check_grid(grid)
