@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from mmar.errors import ConfigError
 from mmar.units.base import PredictionUnit, UnitBatch, grid_positions
+from mmar.units.next_block import NextBlock
 from mmar.units.next_token import NextToken
 from mmar.units.random_order import RandomOrder
 
 UNITS: dict[str, type[PredictionUnit]] = {
     NextToken.name: NextToken,
+    NextBlock.name: NextBlock,
     RandomOrder.name: RandomOrder,
 }
 
@@ -20,4 +22,13 @@ def build_unit(name: str, **kwargs) -> PredictionUnit:
     return UNITS[name](**kwargs)
 
 
-__all__ = ["UNITS", "NextToken", "PredictionUnit", "RandomOrder", "UnitBatch", "build_unit", "grid_positions"]
+__all__ = [
+    "UNITS",
+    "NextBlock",
+    "NextToken",
+    "PredictionUnit",
+    "RandomOrder",
+    "UnitBatch",
+    "build_unit",
+    "grid_positions",
+]
