@@ -5,7 +5,7 @@ Import this package as `mmar.kernels` (setuptools maps the top-level `kernels/` 
 
 from mmar.kernels.attention import attention, attention_reference
 from mmar.kernels.cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
-from mmar.kernels.masks import BlockCausal, Causal, Dense, Mask, Prefix
+from mmar.kernels.masks import BlockCausal, Causal, Dense, Mask, Prefix, proximity
 from mmar.kernels.sample import cfg_mix, filter_logits, sample, sample_reference
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "filter_logits",
     "linear_cross_entropy",
     "linear_cross_entropy_reference",
+    "proximity",
     "sample",
     "sample_reference",
 ]

@@ -51,7 +51,8 @@ class Prefix(Mask):
 
 @dataclass(frozen=True, eq=False)
 class BlockCausal(Mask):
-    """Bidirectional inside a block, causal across blocks. `block_ids` [T] are non-decreasing ints."""
+    """Bidirectional inside a block, causal across blocks: position q attends to kv iff block_ids[kv] <=
+    block_ids[q]. `block_ids` [T] are ints, non-decreasing for block-causal orders (not for `proximity`)."""
 
     block_ids: torch.Tensor
 
@@ -69,3 +70,11 @@ class Dense(Mask):
     def allowed(self, q_idx, kv_idx):
         m = self.mask.to(q_idx.device)
         return m[..., q_idx, kv_idx]
+
+
+def proximity(grid: tuple[int, ...], n_prefix: int = 0) -> BlockCausal:
+    """NAR's proximity mask over `[prefix, raster tokens of grid]`: token p attends to token p' iff
+    sum(p') <= sum(p) (h' + w' <= h + w; t' + h' + w' <= t + h + w for video); the prefix is causal."""
+    axes = [torch.arange(n) for n in grid]
+    levels = torch.stack(torch.meshgrid(*axes, indexing="ij")).sum(0).flatten()  # (N,) diagonal index
+    return BlockCausal(torch.cat([torch.arange(-n_prefix, 0), levels]))

@@ -5,12 +5,14 @@ from __future__ import annotations
 from mmar.errors import ConfigError
 from mmar.units.base import PredictionUnit, UnitBatch, grid_positions
 from mmar.units.next_block import NextBlock
+from mmar.units.next_neighbor import NextNeighbor
 from mmar.units.next_token import NextToken
 from mmar.units.random_order import RandomOrder
 
 UNITS: dict[str, type[PredictionUnit]] = {
     NextToken.name: NextToken,
     NextBlock.name: NextBlock,
+    NextNeighbor.name: NextNeighbor,
     RandomOrder.name: RandomOrder,
 }
 
