@@ -24,6 +24,7 @@ from mmar.errors import ConfigError
 from mmar.kernels import sample
 
 CFG_SCHEDULES = ("constant", "linear", "cosine", "interval")
+FLOW_SOLVERS = ("euler", "euler_maruyama")
 
 
 @dataclass
@@ -46,10 +47,19 @@ class Sampler:
     """Progress interval [lo, hi] in which the interval schedule guides."""
     seed: int | None = None
     """Seed of the per-call random generator (None = nondeterministic)."""
+    flow_solver: str = "euler"
+    """Continuous heads: ODE (euler) or SDE (euler_maruyama) integration of the flow from noise to data."""
+    flow_noise: float = 1.0
+    """Continuous heads: the Euler-Maruyama noise level gamma (diffusion g(t)^2 = 2 gamma t)."""
 
     def __post_init__(self):
         if self.cfg_schedule not in CFG_SCHEDULES:
             raise ConfigError(f"unknown cfg_schedule '{self.cfg_schedule}'; choose one of {CFG_SCHEDULES}")
+        if self.flow_solver not in FLOW_SOLVERS or self.flow_noise < 0:
+            raise ConfigError(
+                f"flow_solver='{self.flow_solver}' must be one of {FLOW_SOLVERS} and flow_noise="
+                f"{self.flow_noise} must be >= 0"
+            )
         if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1 or not 0 <= self.min_p <= 1:
             raise ConfigError(
                 f"invalid sampler settings (temperature={self.temperature}, top_k={self.top_k}, "
@@ -110,6 +120,8 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg-schedule", default="constant", choices=CFG_SCHEDULES)
     parser.add_argument("--cfg-power", type=float, default=1.0)
     parser.add_argument("--cfg-interval", type=float, nargs=2, default=(0.0, 1.0))
+    parser.add_argument("--flow-solver", default="euler", choices=FLOW_SOLVERS, help="continuous heads")
+    parser.add_argument("--flow-noise", type=float, default=1.0, help="Euler-Maruyama noise level")
 
 
 def sampler_from_arguments(args: argparse.Namespace) -> Sampler:
@@ -123,4 +135,6 @@ def sampler_from_arguments(args: argparse.Namespace) -> Sampler:
         cfg_schedule=args.cfg_schedule,
         cfg_power=args.cfg_power,
         cfg_interval=tuple(args.cfg_interval),
+        flow_solver=args.flow_solver,
+        flow_noise=args.flow_noise,
     )
