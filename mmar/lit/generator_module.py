@@ -77,12 +77,14 @@ class GeneratorModule(LightningModule):
         config = trunk_config(trunk, **(trunk_overrides or {}))
         self.trunk = Trunk(config)
         self.conditioning = ClassCondition(num_classes, config.d_model, dropout=class_dropout)
+        tokens = self.tokenizer  # discrete units size their heads by the vocabulary, continuous by channels
+        token_size = (
+            {"vocab_size": tokens.vocab_size}
+            if tokens.kind == "discrete"
+            else {"latent_dim": tokens.latent_dim}
+        )
         self.unit = build_unit(
-            unit,
-            d_model=config.d_model,
-            grid=self.grid,
-            vocab_size=self.tokenizer.vocab_size,
-            **(unit_kwargs or {}),
+            unit, d_model=config.d_model, grid=self.grid, **token_size, **(unit_kwargs or {})
         )
         head_shape = getattr(getattr(self.unit, "head", None), "token_shape", self.tokenizer.token_shape)
         if tuple(head_shape) != tuple(self.tokenizer.token_shape):

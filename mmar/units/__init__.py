@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mmar.errors import ConfigError
 from mmar.units.base import PredictionUnit, UnitBatch, grid_positions
+from mmar.units.masked_ar import MaskedAR
 from mmar.units.next_block import NextBlock
 from mmar.units.next_neighbor import NextNeighbor
 from mmar.units.next_token import NextToken
@@ -13,6 +14,7 @@ UNITS: dict[str, type[PredictionUnit]] = {
     NextToken.name: NextToken,
     NextBlock.name: NextBlock,
     NextNeighbor.name: NextNeighbor,
+    MaskedAR.name: MaskedAR,
     RandomOrder.name: RandomOrder,
 }
 

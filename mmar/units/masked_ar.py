@@ -1,0 +1,149 @@
+"""Masked autoregression over continuous tokens (MAR: Li et al., 2024, "Autoregressive Image Generation
+without Vector Quantization").
+
+Training: a random order per sample, a mask ratio r from a normal (mean 1, std 0.25) truncated to
+[0.7, 1], one per batch as in MAR; the first ceil(r N) tokens of the order are replaced by a learned mask
+embedding and the trunk attends bidirectionally over `[cond, tokens]`. A per-token flow head (AdaLN MLP)
+learns each masked token from the trunk's hidden state at its position (the head batch is repeated
+`head_batch_mul` times with fresh noise and times, MAR's diffusion_batch_mul).
+
+Generation: K steps over a random order; after step k, floor(N cos(pi/2 (k + 1) / K)) tokens stay
+masked, clamped to at least one and at most one fewer than were masked before (all revealed at the
+last step). Guidance acts on the head's velocity with shared noise; with the sampler's "linear" schedule
+its scale is 1 + (s - 1) (N - masked) / N, MAR's ramp in the revealed fraction; temperature scales the
+head's sampling noise. A trunk pass per step: K steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mmar.errors import ConfigError
+from mmar.heads.flow import FlowHead
+from mmar.sampling import Sampler
+from mmar.trunk import Trunk
+from mmar.units.base import PredictionUnit, UnitBatch, grid_positions
+
+
+def masked_after(step: int, steps: int, n: int, masked_now: int) -> int:
+    """Tokens still masked after `step` (0-based) of `steps`: MAR's cosine schedule with its clamps."""
+    if step >= steps - 1:
+        return 0
+    keep = math.floor(n * math.cos(math.pi / 2 * (step + 1) / steps))
+    return max(1, min(masked_now - 1, keep))
+
+
+def sample_mask_ratio(low: float = 0.7, mean: float = 1.0, std: float = 0.25, generator=None) -> float:
+    """A draw from N(mean, std^2) truncated to [low, 1] (inverse-CDF sampling)."""
+    a, b = torch.special.ndtr(torch.tensor([(low - mean) / std, (1 - mean) / std], dtype=torch.float64))
+    u = a + (b - a) * torch.rand((), generator=generator, dtype=torch.float64)
+    return float((mean + std * torch.special.ndtri(u)).clamp(low, 1.0))
+
+
+class MaskedAR(PredictionUnit):
+    name = "masked_ar"
+    token_kinds = ("continuous",)
+
+    def __init__(
+        self,
+        d_model: int,
+        grid: tuple[int, ...],
+        latent_dim: int,
+        steps: int = 64,
+        head_width: int = 256,
+        head_depth: int = 3,
+        head_steps: int = 32,
+        head_batch_mul: int = 4,
+        mask_min: float = 0.7,
+        t_mean: float = 0.0,
+        t_std: float = 1.0,
+    ):
+        """Args: d_model and grid from the trunk and tokenizer; latent_dim the tokens' channels; `steps`
+        the generation steps K; the head's width, depth (AdaLN blocks), integration steps and batch
+        repetition; `mask_min` the lower end of the mask ratio; the logit-normal of training times."""
+        super().__init__(d_model, grid)
+        if steps < 1 or head_steps < 1 or head_batch_mul < 1 or not 0 < mask_min <= 1:
+            raise ConfigError(
+                f"masked_ar needs steps, head_steps, head_batch_mul >= 1 and 0 < mask_min <= 1 (got {steps}, "
+                f"{head_steps}, {head_batch_mul}, {mask_min})"
+            )
+        self.latent_dim, self.steps, self.head_steps = latent_dim, steps, head_steps
+        self.head_batch_mul, self.mask_min = head_batch_mul, mask_min
+        self.embed = nn.Linear(latent_dim, d_model)
+        self.mask_token = nn.Parameter(torch.randn(d_model) * 0.02)
+        self.head = FlowHead(d_model, latent_dim, head_width, head_depth, t_mean, t_std)
+
+    def positions(self, n_cond: int, device=None) -> torch.Tensor:
+        grid = grid_positions(self.grid, device)
+        return torch.cat([grid.new_zeros(n_cond, grid.shape[1]), grid])  # (n_cond + N, A)
+
+    def inputs(self, cond: torch.Tensor, x: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """[cond, tokens with the masked ones replaced by the mask embedding]: [B, n_cond + N, D]."""
+        tokens = torch.where(masked[..., None], self.mask_token.to(x.dtype), self.embed(x))  # (B, N, D)
+        return torch.cat([cond, tokens], dim=1)
+
+    def prepare(self, tokens: torch.Tensor, cond: torch.Tensor) -> UnitBatch:
+        """tokens [B, *grid, C] (continuous), cond [B, n_cond, D] -> inputs [B, n_cond + N, D]."""
+        self.check_tokens(tokens)
+        if not tokens.is_floating_point() or tokens.shape[-1] != self.latent_dim:
+            raise ConfigError(
+                f"masked_ar models continuous tokens [B, *grid, {self.latent_dim}], got "
+                f"{tuple(tokens.shape)} {tokens.dtype}; use a continuous tokenizer (e.g. kl_vae)"
+            )
+        x = tokens.flatten(1, len(self.grid))  # (B, N, C)
+        b, n = x.shape[:2]
+        num_masked = math.ceil(sample_mask_ratio(self.mask_min) * n)
+        ranks = torch.rand(b, n, device=x.device).argsort(1).argsort(1)  # rank of each token in its order
+        masked = ranks < num_masked  # (B, N)
+        mask_free = None  # bidirectional attention
+        extras = {"n_cond": cond.shape[1], "masked": masked}
+        return UnitBatch(
+            self.inputs(cond, x, masked), self.positions(cond.shape[1], x.device), mask_free, x, extras
+        )
+
+    def loss(self, hidden: torch.Tensor, batch: UnitBatch) -> dict[str, torch.Tensor]:
+        masked = batch.extras["masked"]
+        z = hidden[:, batch.extras["n_cond"] :][masked]  # (M, D) hidden states of the masked tokens
+        x = batch.targets[masked]  # (M, C)
+        r = self.head_batch_mul
+        return {"loss": self.head.loss(x.repeat(r, 1), z.repeat(r, 1))}
+
+    @torch.no_grad()
+    def generate(
+        self, trunk: Trunk, cond: torch.Tensor, grid: tuple[int, ...], sampler: Sampler
+    ) -> torch.Tensor:
+        """cond [B or 2B (CFG), n_cond, D] -> tokens [B, *grid, C] in K bidirectional steps."""
+        self.check_grid(grid)
+        guided, n, device = sampler.guided, self.seq_len, cond.device
+        b = cond.shape[0] // 2 if guided else cond.shape[0]
+        generator = sampler.generator(device)
+        ranks = torch.rand(b, n, generator=generator, device=device).argsort(1).argsort(1)  # (B, N)
+        x = torch.zeros(b, n, self.latent_dim, device=device)
+        masked = torch.ones(b, n, dtype=torch.bool, device=device)
+        positions = self.positions(cond.shape[1], device)
+        both = (lambda t: torch.cat([t, t])) if guided else (lambda t: t)  # the null half reads the same
+        masked_now = n
+        for k in range(self.steps):
+            hidden = trunk(self.inputs(cond, both(x), both(masked)), positions, None)[:, cond.shape[1] :]
+            keep = masked_after(k, self.steps, n, masked_now)
+            reveal = masked & (ranks >= keep)  # (B, N): the masked tokens latest in the order
+            if reveal.any():
+                z = torch.cat([h[reveal] for h in hidden.chunk(2)]) if guided else hidden[reveal]
+                x[reveal] = self.head.sample(
+                    z,
+                    self.head_steps,
+                    sampler.scale_at((n - keep) / n) if guided else 1.0,
+                    sampler.temperature,
+                    sampler.flow_solver,
+                    sampler.flow_noise,
+                    generator,
+                )
+            masked, masked_now = masked & ~reveal, keep
+        return x.unflatten(1, self.grid)
+
+    def num_steps(self, grid: tuple[int, ...]) -> int:
+        self.check_grid(grid)
+        return self.steps

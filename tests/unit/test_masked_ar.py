@@ -1,0 +1,95 @@
+"""MaskedAR (MAR): the cosine schedule with its clamps, the truncated-normal mask ratio, bidirectional
+masked inputs, guidance linear in the revealed fraction, and K trunk passes."""
+
+import math
+
+import pytest
+import torch
+from scipy.stats import truncnorm
+
+from mmar.conditioning import ClassCondition
+from mmar.errors import ConfigError
+from mmar.sampling import Sampler
+from mmar.trunk import Trunk, trunk_config
+from mmar.units import build_unit
+from mmar.units.masked_ar import masked_after, sample_mask_ratio
+
+GRID, C, D = (4, 4), 3, 64
+
+
+def setup(**kwargs):
+    torch.manual_seed(0)
+    trunk = Trunk(trunk_config("debug")).eval()
+    unit = build_unit("masked_ar", d_model=D, grid=GRID, latent_dim=C, head_width=32, head_depth=1, **kwargs)
+    return trunk, unit.eval(), ClassCondition(10, D).eval()
+
+
+@pytest.mark.parametrize("n, steps", [(256, 64), (256, 16), (16, 4), (16, 8), (4, 10)])
+def test_schedule_leaves_floor_n_cos_masked_with_clamps(n, steps):
+    masked = n
+    for k in range(steps):
+        keep = masked_after(k, steps, n, masked)
+        if k == steps - 1:
+            assert keep == 0
+        else:
+            expected = math.floor(n * math.cos(math.pi / 2 * (k + 1) / steps))
+            assert keep == max(1, min(masked - 1, expected))
+            assert keep >= 1 and (keep < masked or masked == 1)
+        masked = keep
+    assert masked == 0
+
+
+def test_mask_ratio_is_the_truncated_normal_on_07_1():
+    g = torch.Generator().manual_seed(0)
+    draws = torch.tensor([sample_mask_ratio(generator=g) for _ in range(20_000)])
+    assert draws.min() >= 0.7 and draws.max() <= 1.0
+    expected = truncnorm((0.7 - 1.0) / 0.25, 0.0, loc=1.0, scale=0.25)
+    assert abs(draws.mean() - expected.mean()) < 0.003 and abs(draws.std() - expected.std()) < 0.003
+
+
+def test_prepare_masks_ceil_r_n_tokens_with_the_mask_embedding():
+    trunk, unit, cond = setup()
+    x, c = torch.randn(3, *GRID, C), cond(torch.tensor([1, 2, 3]))
+    batch = unit.prepare(x, c)
+    masked = batch.extras["masked"]
+    counts = masked.sum(1)
+    assert (
+        batch.mask is None and (counts == counts[0]).all() and 12 <= counts[0] <= 16
+    )  # ceil(r 16), r >= 0.7
+    tokens = batch.inputs[:, 1:]
+    torch.testing.assert_close(tokens[masked], unit.mask_token.expand(int(masked.sum()), D))
+    torch.testing.assert_close(tokens[~masked], unit.embed(x.flatten(1, 2))[~masked])
+    loss = unit.loss(trunk(batch.inputs, batch.positions, batch.mask), batch)["loss"]
+    assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+def test_generation_reveals_on_schedule_with_guidance_linear_in_the_revealed_fraction():
+    trunk, unit, cond = setup(steps=5)
+    calls = []
+    sample = unit.head.sample
+
+    def spy(z, steps, cfg_scale, *args):
+        calls.append((len(z), cfg_scale))
+        return sample(z, steps, cfg_scale, *args)
+
+    unit.head.sample = spy
+    sampler = Sampler(cfg_scale=3.0, cfg_schedule="linear", seed=0)
+    out = unit.generate(trunk, cond.for_sampling(torch.tensor([0, 7]), True), GRID, sampler)
+    assert out.shape == (2, *GRID, C) and torch.isfinite(out).all() and unit.num_steps(GRID) == 5
+    masked, expected = 16, []
+    for k in range(5):
+        keep = masked_after(k, 5, 16, masked)
+        expected.append((2 * 2 * (masked - keep), 1 + 2.0 * (16 - keep) / 16))  # 2 images x CFG halves
+        masked = keep
+    assert [n for n, _ in calls] == [n for n, _ in expected]
+    assert [s for _, s in calls] == pytest.approx([s for _, s in expected])
+    again = unit.generate(trunk, cond.for_sampling(torch.tensor([0, 7]), True), GRID, sampler)
+    assert torch.equal(out, again)  # seeded
+
+
+def test_discrete_tokens_and_bad_settings_are_config_errors():
+    _, unit, cond = setup()
+    with pytest.raises(ConfigError, match="continuous tokens"):
+        unit.prepare(torch.zeros(1, *GRID, dtype=torch.long), cond(torch.tensor([0])))
+    with pytest.raises(ConfigError, match="steps, head_steps, head_batch_mul >= 1"):
+        setup(steps=0)
