@@ -8,6 +8,7 @@ from mmar.units.masked_ar import MaskedAR
 from mmar.units.next_block import NextBlock
 from mmar.units.next_neighbor import NextNeighbor
 from mmar.units.next_token import NextToken
+from mmar.units.next_x import NextX
 from mmar.units.random_order import RandomOrder
 
 UNITS: dict[str, type[PredictionUnit]] = {
@@ -15,6 +16,7 @@ UNITS: dict[str, type[PredictionUnit]] = {
     NextBlock.name: NextBlock,
     NextNeighbor.name: NextNeighbor,
     MaskedAR.name: MaskedAR,
+    NextX.name: NextX,
     RandomOrder.name: RandomOrder,
 }
 
