@@ -5,16 +5,14 @@ import pytest
 from mmar.cli import main as mmar_main
 
 
-@pytest.fixture(scope="session")
-def debug_tokenizer(tmp_path_factory) -> str:
-    """Folder of the debug VQ tokenizer, exported by a real `mmar fit` of configs/debug/vq.yaml."""
-    root = tmp_path_factory.mktemp("debug_vq")
+def fit_debug_tokenizer(config: str, root) -> str:
+    """Train a debug tokenizer recipe with a real `mmar fit` and return the folder it exports."""
     export = root / "tokenizer"
     mmar_main(
         [
             "fit",
             "--config",
-            "configs/debug/vq.yaml",
+            config,
             f"--trainer.default_root_dir={root}",
             f"--model.init_args.export_dir={export}",
             "--trainer.enable_progress_bar=false",
@@ -22,6 +20,18 @@ def debug_tokenizer(tmp_path_factory) -> str:
         ]
     )
     return str(export)
+
+
+@pytest.fixture(scope="session")
+def debug_tokenizer(tmp_path_factory) -> str:
+    """Folder of the debug VQ tokenizer (configs/debug/vq.yaml: 32 codes, 32x32 -> 8x8)."""
+    return fit_debug_tokenizer("configs/debug/vq.yaml", tmp_path_factory.mktemp("debug_vq"))
+
+
+@pytest.fixture(scope="session")
+def debug_kl_tokenizer(tmp_path_factory) -> str:
+    """Folder of the debug KL-VAE (configs/debug/kl.yaml: 4 channels, 32x32 -> 8x8, fitted scale)."""
+    return fit_debug_tokenizer("configs/debug/kl.yaml", tmp_path_factory.mktemp("debug_kl"))
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import yaml
 
 from mmar.cli import MMARCLI
 from mmar.cli import main as mmar_main
+from mmar.units import UNITS
 
 CONFIGS = sorted(Path("configs").rglob("*.yaml"))
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.logger=false"]
@@ -29,8 +30,12 @@ def fixture_overrides(config: Path, request) -> list[str]:
 
 
 def tokenizer_fixture(config: Path) -> str:
-    """The fixture whose tokenizer fits the recipe's head: per-channel ids for the channel-AR head."""
-    unit_kwargs = yaml.safe_load(config.read_text())["model"]["init_args"].get("unit_kwargs") or {}
+    """The fixture whose tokenizer fits the recipe: latents for continuous units, per-channel ids for
+    the channel-AR head, the debug VQ otherwise."""
+    init_args = yaml.safe_load(config.read_text())["model"]["init_args"]
+    if "continuous" in UNITS[init_args.get("unit", "next_token")].token_kinds:
+        return "debug_kl_tokenizer"
+    unit_kwargs = init_args.get("unit_kwargs") or {}
     return "debug_tokenbridge_tokenizer" if unit_kwargs.get("head") == "channel_ar" else "debug_tokenizer"
 
 
@@ -49,7 +54,7 @@ def test_every_config_parses_and_instantiates(config, request, tmp_path):
 
 
 @pytest.mark.parametrize("config", sorted(Path("configs/debug").glob("*.yaml")), ids=str)
-def test_fast_dev_run_of_every_debug_config(config, debug_tokenizer, tmp_path):
+def test_fast_dev_run_of_every_debug_config(config, request, tmp_path):
     args = [
         "fit",
         "--config",
@@ -58,7 +63,7 @@ def test_fast_dev_run_of_every_debug_config(config, debug_tokenizer, tmp_path):
         f"--trainer.default_root_dir={tmp_path}",
     ]
     if needs_tokenizer(config):
-        args.append(f"--model.init_args.tokenizer={debug_tokenizer}")
+        args.append(f"--model.init_args.tokenizer={request.getfixturevalue(tokenizer_fixture(config))}")
     else:
         args.append(f"--model.init_args.export_dir={tmp_path / 'tokenizer'}")
     mmar_main([*args, *QUIET])

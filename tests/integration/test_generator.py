@@ -88,3 +88,39 @@ def test_sample_script_missing_checkpoint_is_one_line_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: checkpoint not found") and "\n" not in err
+
+
+UNIT_CASES = {
+    "random_order": ("debug_tokenizer", {}),
+    "next_block": ("debug_tokenizer", {"block": [2, 2]}),
+    "next_neighbor": ("debug_tokenizer", {}),
+    "masked_ar": ("debug_kl_tokenizer", {"steps": 4, "head_width": 32, "head_depth": 1, "head_steps": 3}),
+    "next_x": ("debug_kl_tokenizer", {"entity": "cell", "size": 4, "flow_steps": 3, "head_width": 32}),
+}
+
+
+@pytest.mark.parametrize("unit", sorted(UNIT_CASES))
+def test_every_unit_trains_checkpoints_and_samples_images(unit, request, tmp_path):
+    fixture, unit_kwargs = UNIT_CASES[unit]
+    model = GeneratorModule(
+        tokenizer=request.getfixturevalue(fixture),
+        unit=unit,
+        unit_kwargs=unit_kwargs,
+        image_size=32,
+        warmup_steps=1,
+    )
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        callbacks=[ckpt],
+    )
+    trainer.fit(model, DigitsDataModule(image_size=32, batch_size=8))
+    loaded = load_generator(tmp_path / "ckpt" / "last.ckpt")
+    images = loaded.generate(torch.tensor([0, 5]), Sampler(seed=0, cfg_scale=2.0, top_k=5))
+    assert images.shape == (2, 1, 32, 32) and torch.isfinite(images).all()
+    assert loaded.unit.num_steps(loaded.grid) == model.unit.num_steps(model.grid)
