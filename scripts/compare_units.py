@@ -1,0 +1,131 @@
+"""Train every prediction unit the same way on the embedded digits and compare them in one table.
+
+    python scripts/compare_units.py                       # train (timed), sample, score, write docs/units.md
+    python scripts/compare_units.py --skip-training       # re-score the checkpoints already trained
+
+Each recipe (the quickstart next-token generator and every configs/units/*.yaml) uses the same trunk
+(4 layers, width 128), data, optimiser and number of steps, under the same wall-clock budget
+(--budget-minutes, passed as the trainer's max_time). Discrete units read the quickstart VQ tokenizer,
+continuous ones the KL-VAE of configs/tokenizers/digits_kl.yaml; train those first. Every unit then
+samples --per-class images per class with guidance --cfg-scale (the linear ramp for the continuous units,
+as MAR and xAR do), and the embedded digits metric scores them: class accuracy and the classifier-feature
+Fréchet distance (not Inception FID). Forward passes per image is the unit's `num_steps`; latency is the
+wall time of sampling divided by the number of images (batch 100, this machine's CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from mmar.eval.embedded import DigitsMetrics
+from mmar.lit.loading import load_generator
+from mmar.sampling import Sampler
+
+RECIPES = ["configs/quickstart/digits_ar.yaml", *sorted(map(str, Path("configs/units").glob("*.yaml")))]
+BEGIN, END = "<!-- compare_units:begin -->", "<!-- compare_units:end -->"
+
+
+def checkpoint_of(recipe: dict) -> Path:
+    callbacks = recipe["trainer"].get("callbacks", [])
+    dirpath = next(
+        c["init_args"]["dirpath"] for c in callbacks if c["class_path"].endswith("ModelCheckpoint")
+    )
+    return Path(dirpath) / "last.ckpt"
+
+
+def train(config: str, budget_minutes: float) -> float:
+    minutes, seconds = divmod(int(budget_minutes * 60), 60)
+    start = time.perf_counter()
+    command = ["mmar", "fit", "--config", config, "--trainer.enable_progress_bar=false"]
+    command.append(f"--trainer.max_time=00:00:{minutes:02d}:{seconds:02d}")
+    subprocess.run(command, check=True)
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def score(ckpt: Path, args: argparse.Namespace, metrics: DigitsMetrics) -> dict:
+    model = load_generator(ckpt)
+    schedule = "linear" if model.tokenizer.kind == "continuous" else "constant"
+    labels = torch.arange(10).repeat_interleave(args.per_class)
+    images, start = [], time.perf_counter()
+    for i, batch in enumerate(labels.split(100)):
+        sampler = Sampler(cfg_scale=args.cfg_scale, cfg_schedule=schedule, top_k=args.top_k, seed=i)
+        images.append(model.generate(batch, sampler).clamp(-1, 1))
+    seconds = time.perf_counter() - start
+    trained = [model.trunk, model.unit, model.conditioning]
+    return {
+        "unit": model.hparams.unit,
+        "tokens": model.tokenizer.kind,
+        "parameters": sum(p.numel() for m in trained for p in m.parameters()),
+        "forward_passes_per_image": model.unit.num_steps(model.grid),
+        "latency_ms_per_image": 1000 * seconds / len(labels),
+        **metrics.compute(torch.cat(images), labels),
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    header = ["unit", "tokens", "params", "train (s)", "passes / image", "latency (ms / image)"]
+    header += ["class accuracy", "classifier FD"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        train_s = "n/a" if r.get("train_seconds") is None else f"{r['train_seconds']:.0f}"
+        lines.append(
+            f"| {r['unit']} | {r['tokens']} | {r['parameters'] / 1e6:.2f}M | {train_s} | "
+            f"{r['forward_passes_per_image']} | {r['latency_ms_per_image']:.1f} | "
+            f"{r['digits_class_accuracy']:.3f} | {r['digits_classifier_fd']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_docs(table: str, path: Path) -> None:
+    text = path.read_text() if path.exists() else f"# Prediction units\n\n{BEGIN}\n{END}\n"
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    path.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipes", nargs="*", default=RECIPES)
+    p.add_argument("--budget-minutes", type=float, default=10.0, help="wall-clock training budget per unit")
+    p.add_argument("--skip-training", action="store_true", help="score existing checkpoints only")
+    p.add_argument("--per-class", type=int, default=50)
+    p.add_argument("--cfg-scale", type=float, default=2.0)
+    p.add_argument("--top-k", type=int, default=0, help="discrete units only")
+    p.add_argument("--docs", default="docs/units.md")
+    args = p.parse_args(argv)
+    metrics, rows = DigitsMetrics(image_size=32), []
+    results = Path(args.docs).with_suffix(".json")
+    earlier = {r["recipe"]: r for r in json.loads(results.read_text())} if results.exists() else {}
+    for config in args.recipes:
+        recipe = yaml.safe_load(Path(config).read_text())
+        seconds = None if args.skip_training else train(config, args.budget_minutes)
+        ckpt = checkpoint_of(recipe)
+        if not ckpt.is_file():
+            print(f"skipping {config}: no checkpoint at {ckpt} (train it first)", file=sys.stderr)
+            continue
+        row = {"recipe": config, **score(ckpt, args, metrics)}
+        row["train_seconds"] = (
+            seconds if seconds is not None else earlier.get(config, {}).get("train_seconds")
+        )
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    measured = {r["recipe"] for r in rows}
+    rows += [r for config, r in earlier.items() if config not in measured]
+    rows.sort(key=lambda r: RECIPES.index(r["recipe"]) if r["recipe"] in RECIPES else len(RECIPES))
+    table = markdown(rows)
+    print(table)
+    write_docs(table, Path(args.docs))
+    results.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
