@@ -109,15 +109,17 @@ class FlowHead(nn.Module):
         self,
         z: torch.Tensor,
         steps: int,
-        cfg_scale: float = 1.0,
+        cfg_scale: float | torch.Tensor = 1.0,
         temperature: float = 1.0,
         solver: str = "euler",
         noise: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Tokens [N, C] for z [N, D], or for the CFG batch z = [cond; null] [2N, D] when cfg_scale != 1."""
-        guided = cfg_scale != 1.0
+        """Tokens [N, C] for z [N, D], or for the CFG batch z = [cond; null] [2N, D] when cfg_scale != 1
+        (a float, or a tensor [N] of per-row scales, which always means the CFG batch)."""
+        guided = isinstance(cfg_scale, torch.Tensor) or cfg_scale != 1.0
         n = len(z) // 2 if guided else len(z)
+        scale = cfg_scale[:, None] if isinstance(cfg_scale, torch.Tensor) else cfg_scale
 
         def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
             xs = torch.cat([x, x]) if guided else x  # both halves share the noise
@@ -125,7 +127,7 @@ class FlowHead(nn.Module):
             if not guided:
                 return v
             v_c, v_u = v.chunk(2)
-            return v_u + cfg_scale * (v_c - v_u)
+            return v_u + scale * (v_c - v_u)
 
         x1 = temperature * torch.randn(n, self.latent_dim, generator=generator, device=z.device)
         return integrate(velocity, x1, steps, solver, noise, temperature, generator)

@@ -12,6 +12,9 @@ masked, clamped to at least one and at most one fewer than were masked before (a
 last step). Guidance acts on the head's velocity with shared noise; with the sampler's "linear" schedule
 its scale is 1 + (s - 1) (N - masked) / N, MAR's ramp in the revealed fraction; temperature scales the
 head's sampling noise. A trunk pass per step: K steps.
+
+Variable-length tokens (the subobject tokenizer's padded segments) come with `valid` [B, N]: padding is
+never masked, predicted or attended to, and each image runs the schedule over its own K_b real tokens.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import nn
 
 from mmar.errors import ConfigError
 from mmar.heads.flow import FlowHead
+from mmar.kernels import Dense
 from mmar.sampling import Sampler
 from mmar.trunk import Trunk
 from mmar.units.base import PredictionUnit, UnitBatch, grid_positions
@@ -46,6 +50,7 @@ def sample_mask_ratio(low: float = 0.7, mean: float = 1.0, std: float = 0.25, ge
 class MaskedAR(PredictionUnit):
     name = "masked_ar"
     token_kinds = ("continuous",)
+    supports_padding = True
 
     def __init__(
         self,
@@ -85,8 +90,25 @@ class MaskedAR(PredictionUnit):
         tokens = torch.where(masked[..., None], self.mask_token.to(x.dtype), self.embed(x))  # (B, N, D)
         return torch.cat([cond, tokens], dim=1)
 
-    def prepare(self, tokens: torch.Tensor, cond: torch.Tensor) -> UnitBatch:
-        """tokens [B, *grid, C] (continuous), cond [B, n_cond, D] -> inputs [B, n_cond + N, D]."""
+    @staticmethod
+    def attention_mask(valid: torch.Tensor | None, n_cond: int) -> Dense | None:
+        """None (full attention) without padding; else a per-sample mask hiding the padded keys."""
+        if valid is None:
+            return None
+        keys = torch.cat([valid.new_ones(valid.shape[0], n_cond), valid], dim=1)  # (B, T)
+        return Dense(keys[:, None, :].expand(-1, keys.shape[1], -1))  # (B, T, T)
+
+    @staticmethod
+    def random_ranks(valid: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """[B, N] rank of each token in a random order that puts padding last."""
+        keys = torch.rand(valid.shape, generator=generator, device=valid.device).masked_fill(~valid, 2.0)
+        return keys.argsort(1).argsort(1)
+
+    def prepare(
+        self, tokens: torch.Tensor, cond: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> UnitBatch:
+        """tokens [B, *grid, C] (continuous), cond [B, n_cond, D], optional padding mask valid [B, N] ->
+        inputs [B, n_cond + N, D]."""
         self.check_tokens(tokens)
         if not tokens.is_floating_point() or tokens.shape[-1] != self.latent_dim:
             raise ConfigError(
@@ -94,15 +116,13 @@ class MaskedAR(PredictionUnit):
                 f"{tuple(tokens.shape)} {tokens.dtype}; use a continuous tokenizer (e.g. kl_vae)"
             )
         x = tokens.flatten(1, len(self.grid))  # (B, N, C)
-        b, n = x.shape[:2]
-        num_masked = math.ceil(sample_mask_ratio(self.mask_min) * n)
-        ranks = torch.rand(b, n, device=x.device).argsort(1).argsort(1)  # rank of each token in its order
-        masked = ranks < num_masked  # (B, N)
-        mask_free = None  # bidirectional attention
+        mask = self.attention_mask(valid, cond.shape[1])  # None: bidirectional over every token
+        valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if valid is None else valid.bool()
+        num_masked = (sample_mask_ratio(self.mask_min) * valid.sum(1)).ceil()  # (B,): one ratio per batch
+        masked = self.random_ranks(valid) < num_masked[:, None]  # (B, N); padding ranks last: never masked
         extras = {"n_cond": cond.shape[1], "masked": masked}
-        return UnitBatch(
-            self.inputs(cond, x, masked), self.positions(cond.shape[1], x.device), mask_free, x, extras
-        )
+        positions = self.positions(cond.shape[1], x.device)
+        return UnitBatch(self.inputs(cond, x, masked), positions, mask, x, extras)
 
     def loss(self, hidden: torch.Tensor, batch: UnitBatch) -> dict[str, torch.Tensor]:
         masked = batch.extras["masked"]
@@ -113,29 +133,42 @@ class MaskedAR(PredictionUnit):
 
     @torch.no_grad()
     def generate(
-        self, trunk: Trunk, cond: torch.Tensor, grid: tuple[int, ...], sampler: Sampler
+        self,
+        trunk: Trunk,
+        cond: torch.Tensor,
+        grid: tuple[int, ...],
+        sampler: Sampler,
+        valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """cond [B or 2B (CFG), n_cond, D] -> tokens [B, *grid, C] in K bidirectional steps."""
+        """cond [B or 2B (CFG), n_cond, D] -> tokens [B, *grid, C] in K bidirectional steps; with a padding
+        mask valid [B, N] only the real tokens are generated (padding stays zero)."""
         self.check_grid(grid)
-        guided, n, device = sampler.guided, self.seq_len, cond.device
+        guided, device, n_cond = sampler.guided, cond.device, cond.shape[1]
         b = cond.shape[0] // 2 if guided else cond.shape[0]
-        generator = sampler.generator(device)
-        ranks = torch.rand(b, n, generator=generator, device=device).argsort(1).argsort(1)  # (B, N)
-        x = torch.zeros(b, n, self.latent_dim, device=device)
-        masked = torch.ones(b, n, dtype=torch.bool, device=device)
-        positions = self.positions(cond.shape[1], device)
         both = (lambda t: torch.cat([t, t])) if guided else (lambda t: t)  # the null half reads the same
-        masked_now = n
+        mask = None if valid is None else self.attention_mask(both(valid.to(device).bool()), n_cond)
+        valid = torch.ones(b, self.seq_len, dtype=torch.bool) if valid is None else valid.bool()
+        valid = valid.to(device)
+        generator = sampler.generator(device)
+        ranks = self.random_ranks(valid, generator)  # (B, N)
+        x = torch.zeros(b, self.seq_len, self.latent_dim, device=device)
+        masked, positions = valid.clone(), self.positions(n_cond, device)
+        lengths = valid.sum(1)  # (B,) K_b real tokens per image
+        masked_now = lengths.tolist()
         for k in range(self.steps):
-            hidden = trunk(self.inputs(cond, both(x), both(masked)), positions, None)[:, cond.shape[1] :]
-            keep = masked_after(k, self.steps, n, masked_now)
-            reveal = masked & (ranks >= keep)  # (B, N): the masked tokens latest in the order
+            hidden = trunk(self.inputs(cond, both(x), both(masked)), positions, mask)[:, n_cond:]
+            keep = [masked_after(k, self.steps, n, m) for n, m in zip(lengths.tolist(), masked_now)]
+            keep_t = torch.tensor(keep, device=device)
+            reveal = masked & (ranks >= keep_t[:, None])  # (B, N): the masked tokens latest in the order
             if reveal.any():
                 z = torch.cat([h[reveal] for h in hidden.chunk(2)]) if guided else hidden[reveal]
+                revealed = ((lengths - keep_t) / lengths.clamp(min=1)).tolist()  # fraction after the step
+                scale = torch.tensor([sampler.scale_at(p) for p in revealed], device=device)
+                scale = scale.repeat_interleave(reveal.sum(1))  # (rows,): each image's own progress
                 x[reveal] = self.head.sample(
                     z,
                     self.head_steps,
-                    sampler.scale_at((n - keep) / n) if guided else 1.0,
+                    scale if guided else 1.0,
                     sampler.temperature,
                     sampler.flow_solver,
                     sampler.flow_noise,

@@ -69,7 +69,8 @@ def test_generation_reveals_on_schedule_with_guidance_linear_in_the_revealed_fra
     sample = unit.head.sample
 
     def spy(z, steps, cfg_scale, *args):
-        calls.append((len(z), cfg_scale))
+        assert len(cfg_scale) == len(z) // 2 and (cfg_scale == cfg_scale[0]).all()  # one scale per row
+        calls.append((len(z), float(cfg_scale[0])))
         return sample(z, steps, cfg_scale, *args)
 
     unit.head.sample = spy
@@ -93,3 +94,25 @@ def test_discrete_tokens_and_bad_settings_are_config_errors():
         unit.prepare(torch.zeros(1, *GRID, dtype=torch.long), cond(torch.tensor([0])))
     with pytest.raises(ConfigError, match="steps, head_steps, head_batch_mul >= 1"):
         setup(steps=0)
+
+
+def test_padding_is_never_masked_attended_or_generated():
+    trunk, unit, cond = setup(steps=4)
+    x, c = torch.randn(2, *GRID, C), cond(torch.tensor([1, 2]))
+    valid = torch.zeros(2, 16, dtype=torch.bool)
+    valid[0, :10], valid[1, :5] = True, True  # 10 and 5 real tokens, then padding
+    torch.manual_seed(1)
+    batch = unit.prepare(x, c, valid=valid)
+    masked = batch.extras["masked"]
+    assert not (masked & ~valid).any() and masked[0].sum() >= 7 and masked[1].sum() >= 4  # ceil(0.7 K_b)
+    hidden = trunk(batch.inputs, batch.positions, batch.mask)
+    junk = batch.inputs.clone()
+    junk[:, 1:][~valid] = torch.randn(int((~valid).sum()), D)  # change only the padded inputs
+    hidden_junk = trunk(junk, batch.positions, batch.mask)
+    keep = torch.cat([torch.ones(2, 1, dtype=torch.bool), valid], 1)
+    torch.testing.assert_close(hidden_junk[keep], hidden[keep], atol=1e-5, rtol=0)  # padding is not attended
+
+    sampler = Sampler(cfg_scale=2.0, cfg_schedule="linear", seed=0)
+    out = unit.generate(trunk, cond.for_sampling(torch.tensor([1, 2]), True), GRID, sampler, valid=valid)
+    flat = out.flatten(1, 2)
+    assert (flat[~valid] == 0).all() and (flat[valid] != 0).all()  # every real token generated, padding not
