@@ -52,6 +52,8 @@ class Tokenizer(nn.Module):
     latent_dim: int | None = None
     token_shape: tuple[int, ...] = ()
     """Ids per grid cell beyond the grid: () for one id, (C,) for per-channel ids (TokenBridge)."""
+    variable_length: ClassVar[bool] = False
+    """True when `encode` returns padded tokens with a padding mask and geometry (subobject tokens)."""
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -8,6 +8,8 @@ in the config, whose averaged weights are what the checkpoint's state_dict holds
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from lightning.pytorch import LightningModule
 
@@ -62,6 +64,12 @@ class GeneratorModule(LightningModule):
                 f"unknown prediction unit model.unit='{unit}'; registered units: {sorted(UNITS)}"
             )
         self.tokenizer = load_tokenizer(tokenizer).requires_grad_(False)
+        if self.tokenizer.variable_length and not getattr(UNITS[unit], "supports_padding", False):
+            padded = sorted(name for name, cls in UNITS.items() if getattr(cls, "supports_padding", False))
+            raise ConfigError(
+                f"the {self.tokenizer.name} tokenizer at '{tokenizer}' gives variable-length padded tokens, "
+                f"which the {unit} unit cannot model; use one of {padded}"
+            )
         if self.tokenizer.kind not in UNITS[unit].token_kinds:
             raise ConfigError(
                 f"the {unit} unit models {UNITS[unit].token_kinds} tokens but the tokenizer at '{tokenizer}' "
@@ -120,8 +128,10 @@ class GeneratorModule(LightningModule):
         return self.tokenizer.encode(images)
 
     def step_losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        tokens = self.tokens_of(batch)
-        unit_batch = self.unit.prepare(tokens, self.conditioning(batch["label"]))
+        tokens, padding = self.tokens_of(batch), {}
+        if self.tokenizer.variable_length:  # padded tokens: the unit also reads which ones are real
+            tokens, padding = tokens.embeddings, {"valid": tokens.mask}
+        unit_batch = self.unit.prepare(tokens, self.conditioning(batch["label"]), **padding)
         hidden = self.trunk(unit_batch.inputs, unit_batch.positions, unit_batch.mask)
         return self.unit.loss(hidden, unit_batch)
 
@@ -140,9 +150,21 @@ class GeneratorModule(LightningModule):
         self.log_dict({f"val/{k}": v for k, v in losses.items()}, prog_bar=True, sync_dist=True)
 
     @torch.no_grad()
-    def generate(self, labels: torch.Tensor, sampler: Sampler | None = None) -> torch.Tensor:
-        """Class-conditional samples: labels [B] -> images [B, C, H, W] in [-1, 1]."""
-        return self.tokenizer.decode(self.generate_tokens(labels, sampler))
+    def generate(self, labels: torch.Tensor, sampler: Sampler | None = None, layout=None) -> torch.Tensor:
+        """Class-conditional samples: labels [B] -> images [B, C, H, W] in [-1, 1].
+
+        Variable-length tokenizers (subobject) generate the embeddings of a given geometry: `layout` is
+        `tokenizer.encode(reference_images)`, whose segments, boxes and padding mask are kept.
+        """
+        if not self.tokenizer.variable_length:
+            return self.tokenizer.decode(self.generate_tokens(labels, sampler))
+        if layout is None:
+            raise ConfigError(
+                f"the {self.tokenizer.name} tokenizer decodes embeddings onto a segmentation: pass "
+                "layout=model.tokenizer.encode(reference_images) to generate"
+            )
+        embeddings = self.generate_tokens(labels, sampler, valid=layout.mask.to(self.device))
+        return self.tokenizer.decode(dataclasses.replace(layout.to(self.device), embeddings=embeddings))
 
     @torch.no_grad()
     def generate_tokens(
