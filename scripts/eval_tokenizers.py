@@ -76,9 +76,9 @@ def run_config(config_path: str, args: argparse.Namespace) -> dict:
     post_training = isinstance(config["model"]["init_args"].get("tokenizer"), str)
     if args.train and not post_training:
         start = time.perf_counter()
-        subprocess.run(
-            ["mmar", "fit", "--config", config_path, "--trainer.enable_progress_bar=false"], check=True
-        )
+        fit = ["mmar", "fit", "--config", config_path, "--trainer.enable_progress_bar=false"]
+        if subprocess.run(fit).returncode:  # e.g. a prerequisite named in the recipe's header is missing
+            return {**row, "missing": f"`mmar fit --config {config_path}` failed: see its log and header"}
         row["train_seconds"] = time.perf_counter() - start
     if not (Path(export_dir) / "config.json").is_file():
         return {**row, "missing": f"not trained: run `mmar fit --config {config_path}`"}
