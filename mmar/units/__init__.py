@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mmar.errors import ConfigError
 from mmar.units.base import PredictionUnit, UnitBatch, grid_positions
+from mmar.units.hi_mar import HiMAR
 from mmar.units.masked_ar import MaskedAR
 from mmar.units.next_block import NextBlock
 from mmar.units.next_neighbor import NextNeighbor
@@ -16,6 +17,7 @@ UNITS: dict[str, type[PredictionUnit]] = {
     NextBlock.name: NextBlock,
     NextNeighbor.name: NextNeighbor,
     MaskedAR.name: MaskedAR,
+    HiMAR.name: HiMAR,
     NextX.name: NextX,
     RandomOrder.name: RandomOrder,
 }

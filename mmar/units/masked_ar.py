@@ -104,30 +104,38 @@ class MaskedAR(PredictionUnit):
         keys = torch.rand(valid.shape, generator=generator, device=valid.device).masked_fill(~valid, 2.0)
         return keys.argsort(1).argsort(1)
 
+    def check_continuous(self, tokens: torch.Tensor) -> None:
+        self.check_tokens(tokens)
+        if not tokens.is_floating_point() or tokens.shape[-1] != self.latent_dim:
+            raise ConfigError(
+                f"{self.name} models continuous tokens [B, *grid, {self.latent_dim}], got "
+                f"{tuple(tokens.shape)} {tokens.dtype}; use a continuous tokenizer (e.g. kl_vae)"
+            )
+
+    def sample_masked(self, valid: torch.Tensor) -> torch.Tensor:
+        """[B, T] training mask: ceil(r K_b) of each row's valid tokens in a random order, r ~ MAR's
+        truncated normal (one per batch, as in MAR); invalid tokens (padding) are never masked."""
+        num_masked = (sample_mask_ratio(self.mask_min) * valid.sum(1)).ceil()  # (B,)
+        return self.random_ranks(valid) < num_masked[:, None]
+
     def prepare(
         self, tokens: torch.Tensor, cond: torch.Tensor, valid: torch.Tensor | None = None
     ) -> UnitBatch:
         """tokens [B, *grid, C] (continuous), cond [B, n_cond, D], optional padding mask valid [B, N] ->
         inputs [B, n_cond + N, D]."""
-        self.check_tokens(tokens)
-        if not tokens.is_floating_point() or tokens.shape[-1] != self.latent_dim:
-            raise ConfigError(
-                f"masked_ar models continuous tokens [B, *grid, {self.latent_dim}], got "
-                f"{tuple(tokens.shape)} {tokens.dtype}; use a continuous tokenizer (e.g. kl_vae)"
-            )
+        self.check_continuous(tokens)
         x = tokens.flatten(1, len(self.grid))  # (B, N, C)
         mask = self.attention_mask(valid, cond.shape[1])  # None: bidirectional over every token
         valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if valid is None else valid.bool()
-        num_masked = (sample_mask_ratio(self.mask_min) * valid.sum(1)).ceil()  # (B,): one ratio per batch
-        masked = self.random_ranks(valid) < num_masked[:, None]  # (B, N); padding ranks last: never masked
-        extras = {"n_cond": cond.shape[1], "masked": masked}
+        masked = self.sample_masked(valid)  # (B, N)
+        extras = {"n_cond": cond.shape[1], "masked": masked, "predicted": masked}
         positions = self.positions(cond.shape[1], x.device)
         return UnitBatch(self.inputs(cond, x, masked), positions, mask, x, extras)
 
     def loss(self, hidden: torch.Tensor, batch: UnitBatch) -> dict[str, torch.Tensor]:
-        masked = batch.extras["masked"]
-        z = hidden[:, batch.extras["n_cond"] :][masked]  # (M, D) hidden states of the masked tokens
-        x = batch.targets[masked]  # (M, C)
+        predicted = batch.extras["predicted"]  # (B, T): the masked tokens the loss is about
+        z = hidden[:, batch.extras["n_cond"] :][predicted]  # (M, D) their hidden states
+        x = batch.targets[predicted]  # (M, C)
         r = self.head_batch_mul
         return {"loss": self.head.loss(x.repeat(r, 1), z.repeat(r, 1))}
 
@@ -143,23 +151,44 @@ class MaskedAR(PredictionUnit):
         """cond [B or 2B (CFG), n_cond, D] -> tokens [B, *grid, C] in K bidirectional steps; with a padding
         mask valid [B, N] only the real tokens are generated (padding stays zero)."""
         self.check_grid(grid)
+        b = cond.shape[0] // 2 if sampler.guided else cond.shape[0]
+        padded = valid is not None
+        valid = valid.bool().to(cond.device) if padded else torch.ones(b, self.seq_len, dtype=torch.bool)
+        x = torch.zeros(b, self.seq_len, self.latent_dim, device=cond.device)
+        state = (x, valid.to(cond.device).clone())  # tokens so far, and which are still masked
+        generator = sampler.generator(cond.device)
+        keys = valid.to(cond.device) if padded else None  # padding is never attended to
+        self.unmask(trunk, cond, state, valid.to(cond.device), self.steps, sampler, generator, keys)
+        return x.unflatten(1, self.grid)
+
+    def unmask(
+        self,
+        trunk: Trunk,
+        cond: torch.Tensor,
+        state: tuple[torch.Tensor, torch.Tensor],
+        region: torch.Tensor,
+        steps: int,
+        sampler: Sampler,
+        generator: torch.Generator | None,
+        keys: torch.Tensor | None = None,
+    ) -> None:
+        """Generate the tokens of `region` [B, T] in `steps` steps of the cosine schedule, in place in
+        state = (x [B, T, C], masked [B, T]); tokens outside `region` are read as they are (masked or not).
+        `keys` [B, T] restricts attention to those tokens (None: all; padding is hidden so)."""
+        x, masked = state
         guided, device, n_cond = sampler.guided, cond.device, cond.shape[1]
-        b = cond.shape[0] // 2 if guided else cond.shape[0]
         both = (lambda t: torch.cat([t, t])) if guided else (lambda t: t)  # the null half reads the same
-        mask = None if valid is None else self.attention_mask(both(valid.to(device).bool()), n_cond)
-        valid = torch.ones(b, self.seq_len, dtype=torch.bool) if valid is None else valid.bool()
-        valid = valid.to(device)
-        generator = sampler.generator(device)
-        ranks = self.random_ranks(valid, generator)  # (B, N)
-        x = torch.zeros(b, self.seq_len, self.latent_dim, device=device)
-        masked, positions = valid.clone(), self.positions(n_cond, device)
-        lengths = valid.sum(1)  # (B,) K_b real tokens per image
+        mask = self.attention_mask(None if keys is None else both(keys), n_cond)
+        ranks = self.random_ranks(region, generator)  # (B, T): the region first, in a random order
+        positions, lengths = self.positions(n_cond, device), region.sum(1)  # K_b tokens to generate
         masked_now = lengths.tolist()
-        for k in range(self.steps):
+        for k in range(steps):
             hidden = trunk(self.inputs(cond, both(x), both(masked)), positions, mask)[:, n_cond:]
-            keep = [masked_after(k, self.steps, n, m) for n, m in zip(lengths.tolist(), masked_now)]
+            keep = [masked_after(k, steps, n, m) for n, m in zip(lengths.tolist(), masked_now)]
             keep_t = torch.tensor(keep, device=device)
-            reveal = masked & (ranks >= keep_t[:, None])  # (B, N): the masked tokens latest in the order
+            reveal = (
+                masked & region & (ranks >= keep_t[:, None])
+            )  # the region's masked tokens latest in order
             if reveal.any():
                 z = torch.cat([h[reveal] for h in hidden.chunk(2)]) if guided else hidden[reveal]
                 revealed = ((lengths - keep_t) / lengths.clamp(min=1)).tolist()  # fraction after the step
@@ -174,8 +203,8 @@ class MaskedAR(PredictionUnit):
                     sampler.flow_noise,
                     generator,
                 )
-            masked, masked_now = masked & ~reveal, keep
-        return x.unflatten(1, self.grid)
+            masked &= ~reveal
+            masked_now = keep
 
     def num_steps(self, grid: tuple[int, ...]) -> int:
         self.check_grid(grid)

@@ -95,6 +95,10 @@ UNIT_CASES = {
     "next_block": ("debug_tokenizer", {"block": [2, 2]}),
     "next_neighbor": ("debug_tokenizer", {}),
     "masked_ar": ("debug_kl_tokenizer", {"steps": 4, "head_width": 32, "head_depth": 1, "head_steps": 3}),
+    "hi_mar": (
+        "debug_kl_tokenizer",
+        {"pivots": 2, "pivot_steps": 2, "steps": 3, "head_width": 32, "head_steps": 2},
+    ),
     "next_x": ("debug_kl_tokenizer", {"entity": "cell", "size": 4, "flow_steps": 3, "head_width": 32}),
 }
 
