@@ -26,11 +26,11 @@ import torch
 import yaml
 
 from mmar.eval.embedded import DigitsMetrics
+from mmar.eval.report import merge_rows, write_marked
 from mmar.lit.loading import load_generator
 from mmar.sampling import Sampler
 
 RECIPES = ["configs/quickstart/digits_ar.yaml", *sorted(map(str, Path("configs/units").glob("*.yaml")))]
-BEGIN, END = "<!-- compare_units:begin -->", "<!-- compare_units:end -->"
 
 
 def checkpoint_of(recipe: dict) -> Path:
@@ -85,13 +85,6 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(table: str, path: Path) -> None:
-    text = path.read_text() if path.exists() else f"# Prediction units\n\n{BEGIN}\n{END}\n"
-    head, _, rest = text.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    path.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", nargs="*", default=RECIPES)
@@ -103,8 +96,6 @@ def main(argv=None) -> None:
     p.add_argument("--docs", default="docs/units.md")
     args = p.parse_args(argv)
     metrics, rows = DigitsMetrics(image_size=32), []
-    results = Path(args.docs).with_suffix(".json")
-    earlier = {r["recipe"]: r for r in json.loads(results.read_text())} if results.exists() else {}
     for config in args.recipes:
         recipe = yaml.safe_load(Path(config).read_text())
         seconds = None if args.skip_training else train(config, args.budget_minutes)
@@ -113,18 +104,13 @@ def main(argv=None) -> None:
             print(f"skipping {config}: no checkpoint at {ckpt} (train it first)", file=sys.stderr)
             continue
         row = {"recipe": config, **score(ckpt, args, metrics)}
-        row["train_seconds"] = (
-            seconds if seconds is not None else earlier.get(config, {}).get("train_seconds")
-        )
+        row["train_seconds"] = seconds  # None with --skip-training: the earlier run's time is kept
         rows.append(row)
         print(json.dumps(row), flush=True)
-    measured = {r["recipe"] for r in rows}
-    rows += [r for config, r in earlier.items() if config not in measured]
-    rows.sort(key=lambda r: RECIPES.index(r["recipe"]) if r["recipe"] in RECIPES else len(RECIPES))
+    rows = merge_rows(rows, Path(args.docs).with_suffix(".json"), "recipe", RECIPES, carry=["train_seconds"])
     table = markdown(rows)
     print(table)
-    write_docs(table, Path(args.docs))
-    results.write_text(json.dumps(rows, indent=2))
+    write_marked(Path(args.docs), "compare_units", table, "Prediction units")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ distance in the digits classifier's feature space for 1-channel data (not Incept
 single-codebook VQ tokenizers the perturbed one (pFID-style, RobusTok): reconstructions from tokens of
 which a share --pfid-alpha was replaced by one of their --pfid-delta nearest codes. Training time is the
 wall time of `mmar fit` when --train is given; recipes that post-train an exported tokenizer (their
-`tokenizer` is a path) need a generator first and are only evaluated (see their header). Rows of recipes
+`tokenizer` is a path) need a generator first and are only evaluated (see their header). Tokenizers
+made by scripts (TokenBridge: scripts/make_tokenbridge.py) are scored from their folder on the digits
+val split (--exported LABEL=DIR). Rows of recipes
 not named in --configs are kept, and a re-evaluated row keeps its earlier training time. Reconstruction
 grids go to runs/eval_tokenizers/.
 """
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import subprocess
 import sys
 import time
@@ -30,14 +31,16 @@ import yaml
 from torchvision.utils import save_image
 
 from mmar.eval import DigitsMetrics, as_frames, perturbed_fd, psnr, reconstruction_fd, ssim
+from mmar.eval.report import merge_rows, write_marked
 from mmar.lit.tokenizer_module import model_inputs
 from tokenizers_visual import VQTokenizer, load_tokenizer
 
+DIGITS = {"class_path": "mmar.data.DigitsDataModule", "init_args": {"image_size": 32}}
+EXPORTED = ["digits_tokenbridge=runs/tokenizers/digits_tokenbridge/tokenizer"]
 DEFAULT_CONFIGS = [
     "configs/quickstart/digits_vq.yaml",
     *sorted(map(str, Path("configs/tokenizers").glob("*.yaml"))),
 ]
-BEGIN, END = "<!-- eval_tokenizers:begin -->", "<!-- eval_tokenizers:end -->"
 
 
 def build_datamodule(data: dict):
@@ -82,8 +85,13 @@ def run_config(config_path: str, args: argparse.Namespace) -> dict:
         row["train_seconds"] = time.perf_counter() - start
     if not (Path(export_dir) / "config.json").is_file():
         return {**row, "missing": f"not trained: run `mmar fit --config {config_path}`"}
+    return score(row, export_dir, config["data"], Path(config_path).stem, args)
+
+
+def score(row: dict, export_dir: str, data: dict, label: str, args: argparse.Namespace) -> dict:
+    """Load the tokenizer in `export_dir` and fill `row` with its metrics on the val split of `data`."""
     tokenizer = load_tokenizer(export_dir)
-    loader = build_datamodule(config["data"]).val_dataloader()
+    loader = build_datamodule(data).val_dataloader()
     metrics, originals, recons = evaluate(tokenizer, loader, args.max_batches)
     size = tokenizer.vocab_size if tokenizer.kind == "discrete" else tokenizer.latent_dim
     input_shape = tuple(model_inputs(next(iter(loader))).shape[1:])
@@ -100,8 +108,17 @@ def run_config(config_path: str, args: argparse.Namespace) -> dict:
     grids = Path(args.grids)
     grids.mkdir(parents=True, exist_ok=True)
     pairs = torch.stack([originals[:16], recons[:16]], dim=1).flatten(0, 1)  # original, recon, ...
-    save_image(pairs, grids / f"{Path(config_path).stem}.png", nrow=8, normalize=True, value_range=(-1, 1))
+    save_image(pairs, grids / f"{label}.png", nrow=8, normalize=True, value_range=(-1, 1))
     return row
+
+
+def run_exported(spec: str, args: argparse.Namespace) -> dict:
+    """A tokenizer made by a script rather than `mmar fit` ("LABEL=DIR"), scored on the digits val split."""
+    label, _, export_dir = spec.partition("=")
+    row = {"config": label, "tokenizer": export_dir}
+    if not (Path(export_dir) / "config.json").is_file():
+        return {**row, "missing": f"no tokenizer at {export_dir}: see docs/tokenizers.md for the script"}
+    return score(row, export_dir, DIGITS, label, args)
 
 
 def markdown(rows: list[dict]) -> str:
@@ -123,16 +140,15 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(table: str, path: Path) -> None:
-    text = path.read_text() if path.exists() else f"# Tokenizers\n\n{BEGIN}\n{END}\n"
-    head, _, rest = text.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    path.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="*", default=DEFAULT_CONFIGS)
+    p.add_argument(
+        "--exported",
+        nargs="*",
+        default=EXPORTED,
+        help="LABEL=DIR of tokenizers made by scripts (TokenBridge)",
+    )
     p.add_argument("--train", action="store_true", help="train each recipe first (timed)")
     p.add_argument("--max-batches", type=int, default=50, help="val batches per tokenizer")
     p.add_argument("--docs", default="docs/tokenizers.md")
@@ -140,20 +156,12 @@ def main(argv=None) -> None:
     p.add_argument("--pfid-alpha", type=float, default=0.25, help="pFD: share of tokens replaced")
     p.add_argument("--pfid-delta", type=int, default=8, help="pFD: nearest codes a replacement is drawn from")
     args = p.parse_args(argv)
-    rows = [run_config(c, args) for c in args.configs]
+    rows = [run_config(c, args) for c in args.configs] + [run_exported(e, args) for e in args.exported]
     print(markdown(rows))
     results = Path(args.docs).with_suffix(".json")
-    earlier = {r["config"]: r for r in json.loads(results.read_text())} if results.exists() else {}
-    for row in rows:  # a re-evaluated (not re-trained) recipe keeps its measured training time
-        if "train_seconds" in earlier.get(row["config"], {}) and "missing" not in row:
-            row.setdefault("train_seconds", earlier[row["config"]]["train_seconds"])
-    # rows of recipes not measured in this run are kept, so one recipe can be re-measured on its own
-    measured = {r["config"] for r in rows}
-    rows += [r for config, r in earlier.items() if config not in measured]
-    rank = {config: i for i, config in enumerate(DEFAULT_CONFIGS)}
-    rows.sort(key=lambda r: (rank.get(r["config"], len(rank)), r["config"]))
-    write_docs(markdown(rows), Path(args.docs))
-    results.write_text(json.dumps(rows, indent=2))
+    order = DEFAULT_CONFIGS + [e.partition("=")[0] for e in EXPORTED]
+    rows = merge_rows(rows, results, "config", order, carry=["train_seconds"])
+    write_marked(Path(args.docs), "eval_tokenizers", markdown(rows), "Tokenizers")
     print(f"wrote {args.docs} and {results}", file=sys.stderr)
 
 

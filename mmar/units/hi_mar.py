@@ -26,6 +26,7 @@ from mmar.units.masked_ar import MaskedAR
 
 class HiMAR(MaskedAR):
     name = "hi_mar"
+    token_kinds = ("continuous",)  # pivots are averages of latents
     supports_padding = False
 
     def __init__(

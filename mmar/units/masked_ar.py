@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from mmar.errors import ConfigError
+from mmar.heads import build_token_head
 from mmar.heads.flow import FlowHead
 from mmar.kernels import Dense
 from mmar.sampling import Sampler
@@ -49,14 +50,17 @@ def sample_mask_ratio(low: float = 0.7, mean: float = 1.0, std: float = 0.25, ge
 
 class MaskedAR(PredictionUnit):
     name = "masked_ar"
-    token_kinds = ("continuous",)
+    token_kinds = ("continuous", "discrete")
     supports_padding = True
 
     def __init__(
         self,
         d_model: int,
         grid: tuple[int, ...],
-        latent_dim: int,
+        latent_dim: int | None = None,
+        vocab_size: int | None = None,
+        head: str = "flow",
+        head_kwargs: dict | None = None,
         steps: int = 64,
         head_width: int = 256,
         head_depth: int = 3,
@@ -66,10 +70,12 @@ class MaskedAR(PredictionUnit):
         t_mean: float = 0.0,
         t_std: float = 1.0,
     ):
-        """Args: d_model and grid from the trunk and tokenizer; latent_dim the tokens' channels; `steps`
-        the generation steps K; the head's width, depth (AdaLN blocks), integration steps and batch
+        """Args: d_model and grid from the trunk and tokenizer; latent_dim the tokens' channels (continuous)
+        or vocab_size (discrete); `head` "flow" (continuous) or a token head of `mmar.heads.TOKEN_HEADS`
+        for discrete tokens (e.g. TokenBridge's "channel_ar", built with `head_kwargs`); `steps` the
+        generation steps K; the flow head's width, depth (AdaLN blocks), integration steps and batch
         repetition; `mask_min` the lower end of the mask ratio; the logit-normal of training times."""
-        super().__init__(d_model, grid)
+        super().__init__(d_model, grid, vocab_size)
         if steps < 1 or head_steps < 1 or head_batch_mul < 1 or not 0 < mask_min <= 1:
             raise ConfigError(
                 f"masked_ar needs steps, head_steps, head_batch_mul >= 1 and 0 < mask_min <= 1 (got {steps}, "
@@ -77,9 +83,21 @@ class MaskedAR(PredictionUnit):
             )
         self.latent_dim, self.steps, self.head_steps = latent_dim, steps, head_steps
         self.head_batch_mul, self.mask_min = head_batch_mul, mask_min
-        self.embed = nn.Linear(latent_dim, d_model)
         self.mask_token = nn.Parameter(torch.randn(d_model) * 0.02)
-        self.head = FlowHead(d_model, latent_dim, head_width, head_depth, t_mean, t_std)
+        self.continuous = head == "flow"
+        if self.continuous != (latent_dim is not None):
+            kinds = {True: "continuous", False: "discrete"}
+            raise ConfigError(
+                f"{self.name} with head '{head}' models {kinds[self.continuous]} tokens but the tokenizer's "
+                f"are {kinds[latent_dim is not None]}; use head: flow for continuous tokenizers, or a token "
+                "head (channel_ar, categorical) for discrete ones"
+            )
+        if self.continuous:
+            self.head = FlowHead(d_model, latent_dim, head_width, head_depth, t_mean, t_std)
+            self.embed = nn.Linear(latent_dim, d_model)
+        else:
+            self.head = build_token_head(head, d_model, vocab_size, **(head_kwargs or {}))
+            self.embed = self.head.embed
 
     def positions(self, n_cond: int, device=None) -> torch.Tensor:
         grid = grid_positions(self.grid, device)
@@ -87,7 +105,8 @@ class MaskedAR(PredictionUnit):
 
     def inputs(self, cond: torch.Tensor, x: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
         """[cond, tokens with the masked ones replaced by the mask embedding]: [B, n_cond + N, D]."""
-        tokens = torch.where(masked[..., None], self.mask_token.to(x.dtype), self.embed(x))  # (B, N, D)
+        embedded = self.embed(x)  # (B, N, D)
+        tokens = torch.where(masked[..., None], self.mask_token.to(embedded.dtype), embedded)
         return torch.cat([cond, tokens], dim=1)
 
     @staticmethod
@@ -106,6 +125,8 @@ class MaskedAR(PredictionUnit):
 
     def check_continuous(self, tokens: torch.Tensor) -> None:
         self.check_tokens(tokens)
+        if not self.continuous:
+            return
         if not tokens.is_floating_point() or tokens.shape[-1] != self.latent_dim:
             raise ConfigError(
                 f"{self.name} models continuous tokens [B, *grid, {self.latent_dim}], got "
@@ -135,7 +156,9 @@ class MaskedAR(PredictionUnit):
     def loss(self, hidden: torch.Tensor, batch: UnitBatch) -> dict[str, torch.Tensor]:
         predicted = batch.extras["predicted"]  # (B, T): the masked tokens the loss is about
         z = hidden[:, batch.extras["n_cond"] :][predicted]  # (M, D) their hidden states
-        x = batch.targets[predicted]  # (M, C)
+        x = batch.targets[predicted]  # (M, C) latents, or (M, *token_shape) ids
+        if not self.continuous:
+            return {"loss": self.head.loss(z, x)}
         r = self.head_batch_mul
         return {"loss": self.head.loss(x.repeat(r, 1), z.repeat(r, 1))}
 
@@ -154,7 +177,7 @@ class MaskedAR(PredictionUnit):
         b = cond.shape[0] // 2 if sampler.guided else cond.shape[0]
         padded = valid is not None
         valid = valid.bool().to(cond.device) if padded else torch.ones(b, self.seq_len, dtype=torch.bool)
-        x = torch.zeros(b, self.seq_len, self.latent_dim, device=cond.device)
+        x = torch.zeros(b, self.seq_len, *self.token_dims, device=cond.device, dtype=self.token_dtype)
         state = (x, valid.to(cond.device).clone())  # tokens so far, and which are still masked
         generator = sampler.generator(cond.device)
         keys = valid.to(cond.device) if padded else None  # padding is never attended to
@@ -186,25 +209,42 @@ class MaskedAR(PredictionUnit):
             hidden = trunk(self.inputs(cond, both(x), both(masked)), positions, mask)[:, n_cond:]
             keep = [masked_after(k, steps, n, m) for n, m in zip(lengths.tolist(), masked_now)]
             keep_t = torch.tensor(keep, device=device)
-            reveal = (
-                masked & region & (ranks >= keep_t[:, None])
-            )  # the region's masked tokens latest in order
+            reveal = masked & region & (ranks >= keep_t[:, None])  # the region's latest masked tokens
             if reveal.any():
                 z = torch.cat([h[reveal] for h in hidden.chunk(2)]) if guided else hidden[reveal]
                 revealed = ((lengths - keep_t) / lengths.clamp(min=1)).tolist()  # fraction after the step
-                scale = torch.tensor([sampler.scale_at(p) for p in revealed], device=device)
-                scale = scale.repeat_interleave(reveal.sum(1))  # (rows,): each image's own progress
-                x[reveal] = self.head.sample(
-                    z,
-                    self.head_steps,
-                    scale if guided else 1.0,
-                    sampler.temperature,
-                    sampler.flow_solver,
-                    sampler.flow_noise,
-                    generator,
-                )
+                x[reveal] = self.sample_tokens(z, revealed, reveal.sum(1), sampler, generator)
             masked &= ~reveal
             masked_now = keep
+
+    def sample_tokens(
+        self,
+        z: torch.Tensor,
+        revealed: list[float],
+        rows: torch.Tensor,
+        sampler: Sampler,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Tokens for hidden states z [M or 2M (CFG), D]; `rows` [B] of them per image, whose revealed
+        fraction after this step is `revealed` [B] (the guidance schedule's progress)."""
+        if not self.continuous:  # a token head samples through the sampler, at the mean progress
+            return self.head.sample(z, sampler, sum(revealed) / len(revealed), generator)
+        scale = 1.0
+        if sampler.guided:  # each image's own progress
+            scale = torch.tensor([sampler.scale_at(p) for p in revealed], device=z.device)
+            scale = scale.repeat_interleave(rows)
+        return self.head.sample(
+            z, self.head_steps, scale, sampler.temperature, sampler.flow_solver, sampler.flow_noise, generator
+        )
+
+    @property
+    def token_dims(self) -> tuple[int, ...]:
+        """Shape of one token: (C,) latents or the token head's ids."""
+        return (self.latent_dim,) if self.continuous else tuple(self.head.token_shape)
+
+    @property
+    def token_dtype(self) -> torch.dtype:
+        return torch.float32 if self.continuous else torch.long
 
     def num_steps(self, grid: tuple[int, ...]) -> int:
         self.check_grid(grid)

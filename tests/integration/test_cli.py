@@ -33,10 +33,11 @@ def tokenizer_fixture(config: Path) -> str:
     """The fixture whose tokenizer fits the recipe: latents for continuous units, per-channel ids for
     the channel-AR head, the debug VQ otherwise."""
     init_args = yaml.safe_load(config.read_text())["model"]["init_args"]
-    if "continuous" in UNITS[init_args.get("unit", "next_token")].token_kinds:
-        return "debug_kl_tokenizer"
-    unit_kwargs = init_args.get("unit_kwargs") or {}
-    return "debug_tokenbridge_tokenizer" if unit_kwargs.get("head") == "channel_ar" else "debug_tokenizer"
+    head = (init_args.get("unit_kwargs") or {}).get("head")
+    if head == "channel_ar":
+        return "debug_tokenbridge_tokenizer"
+    kinds = UNITS[init_args.get("unit", "next_token")].token_kinds
+    return "debug_kl_tokenizer" if head == "flow" or kinds[0] == "continuous" else "debug_tokenizer"
 
 
 def offline_overrides(config: Path) -> list[str]:

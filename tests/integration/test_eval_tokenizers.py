@@ -24,10 +24,14 @@ def test_eval_tokenizers_writes_table(debug_tokenizer, tmp_path):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     args = ["--configs", str(recipe), "--max-batches", "2", "--docs", str(docs), "--grids", str(tmp_path)]
+    args += ["--exported", f"made_by_script={debug_tokenizer}", f"absent={tmp_path / 'none'}"]
     script.main(args)
 
     rows = {r["config"]: r for r in json.loads(docs.with_suffix(".json").read_text())}
-    assert rows.keys() == {"other.yaml", str(recipe)} and rows["other.yaml"] == other
+    assert (
+        rows.keys() == {"other.yaml", str(recipe), "made_by_script", "absent"} and rows["other.yaml"] == other
+    )
+    assert rows["made_by_script"]["grid"] == [8, 8] and "no tokenizer at" in rows["absent"]["missing"]
     row = rows[str(recipe)]
     assert "stale" not in row and row["train_seconds"] == 12.0  # re-evaluated: keeps its training time
     assert row["embedded_pfd"] >= 0 and row["pfd_setting"] == {"alpha": 0.25, "delta": 8}

@@ -90,22 +90,40 @@ def test_sample_script_missing_checkpoint_is_one_line_error(tmp_path, capsys):
     assert err.startswith("error: checkpoint not found") and "\n" not in err
 
 
-UNIT_CASES = {
-    "random_order": ("debug_tokenizer", {}),
-    "next_block": ("debug_tokenizer", {"block": [2, 2]}),
-    "next_neighbor": ("debug_tokenizer", {}),
-    "masked_ar": ("debug_kl_tokenizer", {"steps": 4, "head_width": 32, "head_depth": 1, "head_steps": 3}),
+UNIT_CASES = {  # case -> (unit, tokenizer fixture, unit kwargs)
+    "random_order": ("random_order", "debug_tokenizer", {}),
+    "next_block": ("next_block", "debug_tokenizer", {"block": [2, 2]}),
+    "next_neighbor": ("next_neighbor", "debug_tokenizer", {}),
+    "masked_ar": (
+        "masked_ar",
+        "debug_kl_tokenizer",
+        {"steps": 4, "head_width": 32, "head_depth": 1, "head_steps": 3},
+    ),
+    "masked_ar_tokenbridge": (
+        "masked_ar",
+        "debug_tokenbridge_tokenizer",
+        {
+            "steps": 4,
+            "head": "channel_ar",
+            "head_kwargs": {"channels": 4, "width": 32, "depth": 1, "heads": 2},
+        },
+    ),
     "hi_mar": (
+        "hi_mar",
         "debug_kl_tokenizer",
         {"pivots": 2, "pivot_steps": 2, "steps": 3, "head_width": 32, "head_steps": 2},
     ),
-    "next_x": ("debug_kl_tokenizer", {"entity": "cell", "size": 4, "flow_steps": 3, "head_width": 32}),
+    "next_x": (
+        "next_x",
+        "debug_kl_tokenizer",
+        {"entity": "cell", "size": 4, "flow_steps": 3, "head_width": 32},
+    ),
 }
 
 
-@pytest.mark.parametrize("unit", sorted(UNIT_CASES))
-def test_every_unit_trains_checkpoints_and_samples_images(unit, request, tmp_path):
-    fixture, unit_kwargs = UNIT_CASES[unit]
+@pytest.mark.parametrize("case", sorted(UNIT_CASES))
+def test_every_unit_trains_checkpoints_and_samples_images(case, request, tmp_path):
+    unit, fixture, unit_kwargs = UNIT_CASES[case]
     model = GeneratorModule(
         tokenizer=request.getfixturevalue(fixture),
         unit=unit,

@@ -116,3 +116,29 @@ def test_padding_is_never_masked_attended_or_generated():
     out = unit.generate(trunk, cond.for_sampling(torch.tensor([1, 2]), True), GRID, sampler, valid=valid)
     flat = out.flatten(1, 2)
     assert (flat[~valid] == 0).all() and (flat[valid] != 0).all()  # every real token generated, padding not
+
+
+@pytest.mark.parametrize(
+    "head, head_kwargs, shape", [("categorical", {}, ()), ("channel_ar", {"channels": 3}, (3,))]
+)
+def test_discrete_tokens_with_a_token_head(head, head_kwargs, shape):
+    torch.manual_seed(0)
+    trunk, cond = Trunk(trunk_config("debug")).eval(), ClassCondition(10, D).eval()
+    unit = build_unit(
+        "masked_ar", d_model=D, grid=GRID, vocab_size=11, head=head, head_kwargs=head_kwargs, steps=4
+    ).eval()
+    ids = torch.randint(0, 11, (2, *GRID, *shape))
+    batch = unit.prepare(ids, cond(torch.tensor([3, 4])))
+    loss = unit.loss(trunk(batch.inputs, batch.positions, batch.mask), batch)["loss"]
+    assert torch.isfinite(loss) and loss > 0
+    out = unit.generate(
+        trunk, cond.for_sampling(torch.tensor([3, 4]), True), GRID, Sampler(cfg_scale=2.0, seed=1)
+    )
+    assert out.shape == (2, *GRID, *shape) and out.dtype == torch.long and out.min() >= 0 and out.max() < 11
+
+
+def test_a_flow_head_needs_continuous_tokens():
+    with pytest.raises(
+        ConfigError, match=r"head 'flow' models continuous tokens but the tokenizer's are discrete"
+    ):
+        build_unit("masked_ar", d_model=D, grid=GRID, vocab_size=11)
