@@ -88,7 +88,7 @@ def markdown(rows: list[dict]) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", nargs="*", default=RECIPES)
-    p.add_argument("--budget-minutes", type=float, default=10.0, help="wall-clock training budget per unit")
+    p.add_argument("--budget-minutes", type=float, default=8.0, help="wall-clock training budget per unit")
     p.add_argument("--skip-training", action="store_true", help="score existing checkpoints only")
     p.add_argument("--per-class", type=int, default=50)
     p.add_argument("--cfg-scale", type=float, default=2.0)
