@@ -36,7 +36,10 @@ from mmar.lit.tokenizer_module import model_inputs
 from tokenizers_visual import VQTokenizer, load_tokenizer
 
 DIGITS = {"class_path": "mmar.data.DigitsDataModule", "init_args": {"image_size": 32}}
-EXPORTED = ["digits_tokenbridge=runs/tokenizers/digits_tokenbridge/tokenizer"]
+EXPORTED = [  # made by scripts, or scored on the digits val split to compare with the rows above
+    "digits_tokenbridge=runs/tokenizers/digits_tokenbridge/tokenizer",
+    "digits_robust_vq_post_on_val=runs/tokenizers/digits_robust_vq_post/tokenizer",
+]
 DEFAULT_CONFIGS = [
     "configs/quickstart/digits_vq.yaml",
     *sorted(map(str, Path("configs/tokenizers").glob("*.yaml"))),
