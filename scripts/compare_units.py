@@ -4,7 +4,7 @@
     python scripts/compare_units.py --skip-training       # re-score the checkpoints already trained
 
 Each recipe (the quickstart next-token generator and every configs/units/*.yaml) uses the same trunk
-(4 layers, width 128), data, optimiser and number of steps, under the same wall-clock budget
+(4 layers, width 128), data, optimiser and number of steps (--steps), under the same wall-clock budget
 (--budget-minutes, passed as the trainer's max_time). Discrete units read the quickstart VQ tokenizer,
 continuous ones the KL-VAE of configs/tokenizers/digits_kl.yaml; train those first. Every unit then
 samples --per-class images per class with guidance --cfg-scale (the linear ramp for the continuous units,
@@ -41,11 +41,11 @@ def checkpoint_of(recipe: dict) -> Path:
     return Path(dirpath) / "last.ckpt"
 
 
-def train(config: str, budget_minutes: float) -> float:
+def train(config: str, budget_minutes: float, steps: int) -> float:
     minutes, seconds = divmod(int(budget_minutes * 60), 60)
     start = time.perf_counter()
     command = ["mmar", "fit", "--config", config, "--trainer.enable_progress_bar=false"]
-    command.append(f"--trainer.max_time=00:00:{minutes:02d}:{seconds:02d}")
+    command += [f"--trainer.max_time=00:00:{minutes:02d}:{seconds:02d}", f"--trainer.max_steps={steps}"]
     subprocess.run(command, check=True)
     return time.perf_counter() - start
 
@@ -89,6 +89,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", nargs="*", default=RECIPES)
     p.add_argument("--budget-minutes", type=float, default=8.0, help="wall-clock training budget per unit")
+    p.add_argument("--steps", type=int, default=700, help="training steps of every recipe (same for all)")
     p.add_argument("--skip-training", action="store_true", help="score existing checkpoints only")
     p.add_argument("--per-class", type=int, default=50)
     p.add_argument("--cfg-scale", type=float, default=2.0)
@@ -98,7 +99,7 @@ def main(argv=None) -> None:
     metrics, rows = DigitsMetrics(image_size=32), []
     for config in args.recipes:
         recipe = yaml.safe_load(Path(config).read_text())
-        seconds = None if args.skip_training else train(config, args.budget_minutes)
+        seconds = None if args.skip_training else train(config, args.budget_minutes, args.steps)
         ckpt = checkpoint_of(recipe)
         if not ckpt.is_file():
             print(f"skipping {config}: no checkpoint at {ckpt} (train it first)", file=sys.stderr)

@@ -21,7 +21,20 @@ def test_compare_units_trains_scores_and_writes_the_table(debug_tokenizer, tmp_p
     spec = importlib.util.spec_from_file_location("compare_units", "scripts/compare_units.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    script.main(["--recipes", str(path), "--budget-minutes", "1", "--per-class", "2", "--docs", str(docs)])
+    script.main(
+        [
+            "--recipes",
+            str(path),
+            "--budget-minutes",
+            "1",
+            "--steps",
+            "2",
+            "--per-class",
+            "2",
+            "--docs",
+            str(docs),
+        ]
+    )
 
     (row,) = json.loads(docs.with_suffix(".json").read_text())
     assert row["unit"] == "next_block" and row["forward_passes_per_image"] == 8  # one pass per row
