@@ -10,5 +10,5 @@ echo "== environment ready after $(( $(date +%s) - start )) s"
 mmar fit --config configs/quickstart/digits_vq.yaml
 mmar fit --config configs/quickstart/digits_ar.yaml
 python scripts/sample.py --ckpt runs/quickstart/ar/checkpoints/last.ckpt --out runs/quickstart/samples \
-  --per-class 50 --cfg-scale 2.0 --embedded-metrics
+  --per-class 50 --cfg-scale 3.0 --embedded-metrics
 echo "== quickstart done in $(( $(date +%s) - start )) s: runs/quickstart/samples/grid.png and metrics.json"
