@@ -4,9 +4,13 @@ The torch path is the specification, applied in this order:
 1. mix: `u + s * (c - u)` when unconditional logits are given (classifier-free guidance, s per row);
 2. temperature: logits / T (T = 0 means greedy argmax);
 3. filters, each on the distribution left by the previous one: top-k (keep logits >= the k-th
-   largest), top-p (keep the smallest set of most likely tokens whose mass reaches p), min-p (keep
-   tokens with probability >= min_p * max probability);
+   largest), top-p (keep every token whose strictly more likely tokens hold less than p of the mass:
+   the smallest most-likely set reaching p, with ties kept together), min-p (keep tokens with
+   probability >= min_p * max probability);
 4. draw: argmax(logits + Gumbel noise), an exact sample from softmax(logits), seeded by a generator.
+
+The Triton path (`triton_sample.py`) fuses all four steps in one program per row; its support equals
+this reference's exactly and its draws follow the same distribution (a different random stream).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 import torch
 
 from mmar.kernels.dispatch import resolve_impl
+
+MAX_VOCAB = 1 << 17  # the Triton kernel holds one row in one program
 
 
 def filter_logits(
@@ -27,13 +33,15 @@ def filter_logits(
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)
-        mass_before = probs.cumsum(-1) - probs  # probability of the strictly more likely tokens
-        drop_sorted = mass_before >= top_p
+        mass_before = probs.cumsum(-1) - probs  # (B, V) mass of the tokens sorted before each one
+        ascending = -sorted_logits.contiguous()
+        first_of_tie = torch.searchsorted(ascending, ascending)  # ties share the mass before the first
+        drop_sorted = mass_before.gather(-1, first_of_tie) >= top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     if min_p > 0.0:
-        probs = logits.softmax(-1)
-        logits = logits.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), float("-inf"))
+        ratio = (logits - logits.amax(-1, keepdim=True)).exp()  # p / p_max
+        logits = logits.masked_fill(ratio < min_p, float("-inf"))
     return logits
 
 
@@ -88,12 +96,20 @@ def sample(
         top_p: nucleus mass (1.0 = off).
         min_p: keep tokens with probability >= min_p * max probability (0 = off).
         generator: a seeded torch.Generator on the logits' device for reproducible draws.
-        impl: "auto" | "torch".
+        impl: "auto" (Triton on CUDA) | "torch" | "triton".
     """
     if temperature < 0 or not 0 < top_p <= 1 or not 0 <= min_p <= 1 or top_k < 0:
         raise ValueError(
             f"invalid sampling settings temperature={temperature}, top_k={top_k}, top_p={top_p}, "
             f"min_p={min_p}: need temperature >= 0, top_k >= 0, 0 < top_p <= 1, 0 <= min_p <= 1"
         )
-    resolve_impl(impl, ("torch",))
-    return sample_reference(logits, uncond_logits, cfg_scale, temperature, top_k, top_p, min_p, generator)
+    tensors = [logits] if uncond_logits is None else [logits, uncond_logits]
+    too_wide = logits.shape[-1] > MAX_VOCAB
+    problem = f"vocabulary {logits.shape[-1]} is wider than one program's {MAX_VOCAB}" if too_wide else None
+    if resolve_impl(impl, *tensors, problem=problem) == "torch" or temperature == 0:
+        return sample_reference(logits, uncond_logits, cfg_scale, temperature, top_k, top_p, min_p, generator)
+    from mmar.kernels import triton_sample
+
+    device = logits.device if generator is None else generator.device
+    seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=device))  # reproducible draws
+    return triton_sample.sample(logits, uncond_logits, cfg_scale, temperature, top_k, top_p, min_p, seed)

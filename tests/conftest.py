@@ -1,4 +1,12 @@
-"""Shared fixtures: tiny tokenizers on disk, shared by the CLI and generator tests."""
+"""Shared fixtures: tiny tokenizers on disk, shared by the CLI and generator tests.
+
+The Triton interpreter is switched on here, before anything imports triton: kernel tests run the
+Triton path on CPU (impl="triton"); "auto" still picks torch on CPU.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 

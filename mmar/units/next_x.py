@@ -1,8 +1,10 @@
 """Next-X prediction with a flow head (xAR: Ren et al., 2025, "Beyond Next-Token: Next-X Prediction for
 Autoregressive Visual Generation").
 
-The continuous token grid is split into K entities of S tokens: a patch (one token), a k x k cell, a
-subsample (every k-th row and column, k^2 entities), or the whole image. The sequence is
+The continuous token grid is split into K entities: a patch (one token), a k x k cell, a subsample
+(every k-th row and column, k^2 entities), the whole image, or a scale (the latent grid area-downsampled
+to each of `scales` sides, coarse to fine, as in next-scale prediction; the finest scale is the output,
+its tokens placed at the centres of the cells they cover for RoPE). The sequence is
 `[cond, X_0, ..., X_{K-1}]` under a block-causal mask over entities, and every entity enters noisy at its
 own flow time (Noisy Context Learning): X_k^t = (1 - t_k) X_k + t_k eps with t_k from a logit-normal, its
 tokens embedded together with t_k. The trunk's hidden state of each token of X_k conditions a per-token
@@ -31,7 +33,7 @@ from mmar.trunk import KVCache, Trunk
 from mmar.units.base import PredictionUnit, UnitBatch, grid_positions
 from mmar.units.next_block import block_order
 
-ENTITIES = ("patch", "cell", "subsample", "image")
+ENTITIES = ("patch", "cell", "subsample", "image", "scale")
 
 
 def entity_groups(grid: tuple[int, ...], entity: str, size: int = 1) -> torch.Tensor:
@@ -43,6 +45,8 @@ def entity_groups(grid: tuple[int, ...], entity: str, size: int = 1) -> torch.Te
         return torch.arange(h * w)[:, None]
     if entity == "image":
         return torch.arange(h * w)[None]
+    if entity == "scale":
+        raise ConfigError("scale entities differ in size: see scale_sides (NextX handles them itself)")
     if entity not in ("cell", "subsample"):
         raise ConfigError(f"unknown entity '{entity}' for next_x; choose one of {ENTITIES}")
     if size < 1 or h % size or w % size:
@@ -52,6 +56,28 @@ def entity_groups(grid: tuple[int, ...], entity: str, size: int = 1) -> torch.Te
     coords = grid_positions(grid)  # subsample: entity (i, j) holds the tokens with (h % k, w % k) = (i, j)
     phase = (coords[:, 0] % size) * size + coords[:, 1] % size  # (N,)
     return phase.argsort(stable=True).view(size * size, -1)
+
+
+def scale_sides(grid: tuple[int, ...], scales: list[int] | None) -> list[tuple[int, int]]:
+    """(h, w) of each scale entity, coarse to fine; `scales` are heights (default 1, 2, 4, ..., H)."""
+    if len(grid) != 2:
+        raise ConfigError(f"next_x entities are defined on image grids (H, W), got {grid}")
+    h, w = grid
+    if scales is None:
+        scales = [2**i for i in range(h.bit_length()) if 2**i < h and h % 2**i == 0] + [h]
+    bad = [s for s in scales if s < 1 or h % s or (s * w) % h]
+    if bad or list(scales) != sorted(set(scales)) or scales[-1] != h:
+        raise ConfigError(
+            f"scales {list(scales)} must increase to the grid height {h}, each dividing it (and H/s dividing "
+            f"the width {w}); e.g. {[2**i for i in range(h.bit_length()) if h % 2**i == 0]}"
+        )
+    return [(s, s * w // h) for s in scales]
+
+
+def cell_centres(side: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    """Full-grid coordinates [h w, 2] (float) of the centres of a coarse (h, w) grid's cells."""
+    axes = [(torch.arange(m) + 0.5) * (n / m) - 0.5 for m, n in zip(side, grid)]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 2)
 
 
 class NextX(PredictionUnit):
@@ -65,6 +91,7 @@ class NextX(PredictionUnit):
         latent_dim: int,
         entity: str = "cell",
         size: int = 2,
+        scales: list[int] | None = None,
         flow_steps: int = 16,
         head_width: int = 256,
         head_depth: int = 3,
@@ -72,25 +99,50 @@ class NextX(PredictionUnit):
         t_std: float = 1.0,
     ):
         """Args: d_model and grid from the trunk and tokenizer; latent_dim the tokens' channels; the
-        entity kind and its size (cell side or subsampling factor); flow steps per entity; the head's
-        width and depth; the logit-normal of training times."""
+        entity kind and its size (cell side or subsampling factor) or, for "scale", the scale heights;
+        flow steps per entity; the head's width and depth; the logit-normal of training times."""
         super().__init__(d_model, grid)
         if flow_steps < 1:
             raise ConfigError(f"flow_steps={flow_steps} must be >= 1")
-        self.latent_dim, self.flow_steps = latent_dim, flow_steps
-        groups = entity_groups(self.grid, entity, size)  # (K, S)
-        self.num_entities, self.entity_size = groups.shape
-        self.register_buffer("order", groups.flatten(), persistent=False)  # (N,) entity-major raster ids
+        self.latent_dim, self.flow_steps, self.entity = latent_dim, flow_steps, entity
+        if entity == "scale":
+            self.sides = scale_sides(self.grid, scales)
+            self.sizes = [h * w for h, w in self.sides]
+            centres = torch.cat([cell_centres(side, self.grid) for side in self.sides])
+        else:
+            groups = entity_groups(self.grid, entity, size)  # (K, S)
+            self.sizes = [groups.shape[1]] * groups.shape[0]
+            self.register_buffer("order", groups.flatten(), persistent=False)  # (N,) entity-major raster ids
+            centres = grid_positions(self.grid)[groups.flatten()]
+        self.num_entities = len(self.sizes)
+        self.register_buffer("centres", centres, persistent=False)  # (L, 2) RoPE position of each input
         self.embed = nn.Linear(latent_dim, d_model)
         self.time_embed = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
         self.head = FlowHead(d_model, latent_dim, head_width, head_depth, t_mean, t_std)
 
     def layout(self, n_cond: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positions [n_cond + N, A] and entity ids [n_cond + N] of `[cond, X_0, ..., X_{K-1}]`."""
-        grid = grid_positions(self.grid, device)[self.order.to(device)]
+        """Positions [n_cond + L, A] and entity ids [n_cond + L] of `[cond, X_0, ..., X_{K-1}]`."""
+        grid = self.centres.to(device)
         positions = torch.cat([grid.new_zeros(n_cond, grid.shape[1]), grid])
-        entities = torch.arange(self.num_entities, device=device).repeat_interleave(self.entity_size)
+        sizes = torch.tensor(self.sizes, device=device)
+        entities = torch.arange(self.num_entities, device=device).repeat_interleave(sizes)
         return positions, torch.cat([torch.arange(-n_cond, 0, device=device), entities])
+
+    def to_entities(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, *grid, C] -> the entities' tokens [B, L, C], entity-major."""
+        if self.entity != "scale":
+            return tokens.flatten(1, 2)[:, self.order]
+        image = tokens.permute(0, 3, 1, 2)  # (B, C, H, W)
+        scaled = [F.interpolate(image, size=side, mode="area") for side in self.sides]
+        return torch.cat([x.flatten(2).transpose(1, 2) for x in scaled], dim=1)
+
+    def from_entities(self, entities: torch.Tensor) -> torch.Tensor:
+        """The generated entities [B, L, C] -> tokens [B, *grid, C] (for scales: the finest one)."""
+        if self.entity == "scale":
+            return entities[:, -self.sizes[-1] :].unflatten(1, self.grid)
+        tokens = torch.empty_like(entities)
+        tokens[:, self.order] = entities
+        return tokens.unflatten(1, self.grid)
 
     def embed_noisy(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Noisy tokens x_t [B, T, C] at times t [B, T] -> inputs [B, T, D]."""
@@ -105,10 +157,11 @@ class NextX(PredictionUnit):
                 f"next_x models continuous tokens [B, *grid, {self.latent_dim}], got {tuple(tokens.shape)} "
                 f"{tokens.dtype}; use a continuous tokenizer (e.g. kl_vae)"
             )
-        x = tokens.flatten(1, len(self.grid))[:, self.order]  # (B, N, C) entity-major
+        x = self.to_entities(tokens)  # (B, L, C) entity-major
         b = x.shape[0]
         t_entity = self.head.sample_times(b * self.num_entities, x.device).view(b, -1)  # (B, K)
-        t = t_entity.repeat_interleave(self.entity_size, dim=1)  # (B, N): one time per entity
+        sizes = torch.tensor(self.sizes, device=x.device)
+        t = t_entity.repeat_interleave(sizes, dim=1)  # (B, L): one time per entity
         eps = torch.randn_like(x)
         x_t = (1 - t[..., None]) * x + t[..., None] * eps  # Noisy Context Learning: every entity noisy
         inputs = torch.cat([cond, self.embed_noisy(x_t, t)], dim=1)
@@ -140,11 +193,10 @@ class NextX(PredictionUnit):
             state.cache = trunk.make_cache(cond.shape[0], len(entities), device, cond.dtype)
         generator = sampler.generator(device)
         done = []
-        for k in range(self.num_entities):
+        for k, size in enumerate(self.sizes):
             state.scale = sampler.scale_at(k / self.num_entities) if guided else 1.0
-            x1 = sampler.temperature * torch.randn(
-                b, self.entity_size, self.latent_dim, generator=generator, device=device
-            )
+            x1 = torch.randn(b, size, self.latent_dim, generator=generator, device=device)
+            x1 = sampler.temperature * x1
             x = integrate(
                 partial(self.velocity, state),
                 x1,
@@ -155,18 +207,13 @@ class NextX(PredictionUnit):
                 generator,
             )  # (B, S, C)
             done.append(x)
-            clean = self.embed_noisy(
-                state.both(x), torch.zeros(len(state.both(x)), self.entity_size, device=device)
-            )
+            clean = self.embed_noisy(state.both(x), torch.zeros(len(state.both(x)), size, device=device))
             state.pending, state.context = clean, torch.cat([state.context, clean], dim=1)
-        ordered = torch.cat(done, dim=1)  # (B, N, C) entity-major
-        tokens = torch.empty_like(ordered)
-        tokens[:, self.order] = ordered
-        return tokens.unflatten(1, self.grid)
+        return self.from_entities(torch.cat(done, dim=1))
 
     def velocity(self, state: _Decoding, x: torch.Tensor, t: float) -> torch.Tensor:
         """Guided velocity [B, S, C] of the current entity x [B, S, C] at flow time t: one trunk pass."""
-        s, xs = self.entity_size, state.both(x)  # (B', S, C)
+        s, xs = x.shape[1], state.both(x)  # (B', S, C)
         current = self.embed_noisy(xs, torch.full(xs.shape[:2], t, device=x.device))
         if state.cache is not None:
             start = state.cache.length

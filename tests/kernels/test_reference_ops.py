@@ -49,7 +49,7 @@ def test_attention_rejects_unknown_impl():
         attention(q, q, q, impl="cuda")
 
 
-@pytest.mark.parametrize("n", [7, 5000])  # one chunk, and several (checkpointed) chunks
+@pytest.mark.parametrize("n", [7, 5000])  # chunking itself: test_triton_cross_entropy.py
 def test_linear_cross_entropy_matches_torch(n):
     torch.manual_seed(0)
     h = torch.randn(n, 24, requires_grad=True)

@@ -45,7 +45,8 @@ def test_entities_partition_the_grid():
     "kwargs, match",
     [
         ({"entity": "cell", "size": 3}, r"entity size 3 must divide the token grid \[4, 4\]"),
-        ({"entity": "scale"}, r"unknown entity 'scale'.*patch.*cell.*subsample.*image"),
+        ({"entity": "pyramid"}, r"unknown entity 'pyramid'.*patch.*cell.*subsample.*image.*scale"),
+        ({"entity": "scale", "scales": [1, 3, 4]}, r"scales \[1, 3, 4\] must increase to the grid height 4"),
         ({"flow_steps": 0}, r"flow_steps=0 must be >= 1"),
     ],
 )
@@ -94,3 +95,34 @@ def test_discrete_tokens_are_rejected():
     _, unit, cond = setup()
     with pytest.raises(ConfigError, match="continuous tokens"):
         unit.prepare(torch.zeros(1, 4, 4, dtype=torch.long), cond(torch.tensor([0])))
+
+
+def test_scale_entities_are_area_pyramids_at_cell_centres():
+    trunk, unit, cond = setup(entity="scale")  # 4 x 4 grid: scales 1, 2, 4
+    assert unit.sizes == [1, 4, 16] and unit.num_steps((4, 4)) == 3 * unit.flow_steps
+    x = torch.randn(2, 4, 4, C)
+    seq = unit.to_entities(x)  # (B, 21, C)
+    torch.testing.assert_close(seq[:, 0], x.mean(dim=(1, 2)))
+    torch.testing.assert_close(seq[:, 1], x[:, :2, :2].mean(dim=(1, 2)))  # top-left 2 x 2 cell
+    torch.testing.assert_close(seq[:, 5:], x.flatten(1, 2))
+    positions, entities = unit.layout(1)
+    assert positions[1].tolist() == [1.5, 1.5] and positions[2].tolist() == [0.5, 0.5]
+    assert positions[-1].tolist() == [3.0, 3.0]
+    assert entities.tolist() == [-1] + [0] + [1] * 4 + [2] * 16
+    batch = unit.prepare(x, cond(torch.tensor([1, 2])))
+    assert batch.inputs.shape[1] == 22 and batch.targets.shape == (2, 21, C)
+    loss = unit.loss(trunk(batch.inputs, batch.positions, batch.mask), batch)["loss"]
+    assert torch.isfinite(loss)
+
+
+def test_scale_decoding_cached_equals_uncached():
+    trunk, unit, cond = setup(entity="scale", scales=[2, 4], flow_steps=2)
+    sampler = Sampler(cfg_scale=1.5, cfg_schedule="linear", seed=0)
+    guided = cond.for_sampling(torch.tensor([3]), True)
+    calls = []
+    trunk.register_forward_hook(lambda *_: calls.append(1))
+    cached = unit.generate(trunk, guided, (4, 4), sampler)
+    assert len(calls) == unit.num_steps((4, 4)) == 2 * 2
+    uncached = unit.generate(trunk, guided, (4, 4), sampler, use_cache=False)
+    torch.testing.assert_close(cached, uncached, atol=1e-5, rtol=0)
+    assert cached.shape == (1, 4, 4, C)
