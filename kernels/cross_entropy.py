@@ -1,32 +1,22 @@
 """Cross-entropy of hidden states against a vocabulary matrix: `linear_cross_entropy(h, W, y)`.
 
-Heads call this instead of materialising logits and calling `F.cross_entropy`. Neither path keeps the
-[N, V] logits:
-- torch (reference, CPU): logits in chunks of rows (about LOGITS_PER_CHUNK values each), recomputed in
-  backward (activation checkpointing), so peak memory is one chunk of logits, not the full matrix;
-- triton (Cut Cross-Entropy style, `triton_cross_entropy.py`): logits exist only as register tiles,
-  in a forward log-sum-exp and a backward that recomputes them.
+Heads call this instead of materialising logits and calling `F.cross_entropy`. Both paths share one
+autograd function that never keeps the [N, V] logits: the forward saves each row's log-sum-exp, the
+target logit is an O(N D) gather, and the backward recomputes the logits to form the softmax part of
+the gradient (the one-hot part is an `index_add`). The engines differ in how they tile the logits:
+- torch (CPU): blocks of rows holding about LOGITS_PER_CHUNK logits, gradients accumulated in place;
+- triton (Cut Cross-Entropy style, `triton_cross_entropy.py`): register tiles, atomics into dh and dW.
+`linear_cross_entropy_reference` is the plain formula (the specification, full logits).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from mmar.kernels.dispatch import resolve_impl
 
-
-def _chunk_loss(h, weight, bias, targets, ignore_index: int, z_loss: float):
-    logits = F.linear(h, weight, bias).float()  # (n, V) <- the largest tensor of the step
-    loss = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
-    if z_loss:
-        valid = targets != ignore_index
-        loss = loss + z_loss * (torch.logsumexp(logits, -1)[valid] ** 2).sum()
-    return loss
-
-
-LOGITS_PER_CHUNK = 1 << 21  # torch path: rows per chunk = this / V (8 MiB of fp32 logits)
+LOGITS_PER_CHUNK = 1 << 21  # torch engine: rows per chunk = this / V (8 MiB of fp32 logits)
 
 
 def linear_cross_entropy_reference(
@@ -36,19 +26,72 @@ def linear_cross_entropy_reference(
     bias: torch.Tensor | None = None,
     ignore_index: int = -100,
     z_loss: float = 0.0,
-    chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """Mean cross-entropy (+ z_loss * mean logsumexp^2) over targets != ignore_index."""
-    hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)  # (N, D), (N,)
-    chunk_size = chunk_size or max(16, LOGITS_PER_CHUNK // weight.shape[0])
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.shape[0], chunk_size):
-        args = (hidden[start : start + chunk_size], weight, bias, targets[start : start + chunk_size])
-        if torch.is_grad_enabled() and hidden.shape[0] > chunk_size:
-            total = total + checkpoint(_chunk_loss, *args, ignore_index, z_loss, use_reentrant=False)
-        else:
-            total = total + _chunk_loss(*args, ignore_index, z_loss)
-    return total / (targets != ignore_index).sum().clamp_min(1)
+    """Mean cross-entropy (+ z_loss * mean logsumexp^2) over targets != ignore_index, from full logits."""
+    logits = F.linear(hidden.reshape(-1, hidden.shape[-1]), weight, bias).float()  # (N, V)
+    targets = targets.reshape(-1)
+    loss = F.cross_entropy(logits, targets, ignore_index=ignore_index)
+    if z_loss:
+        loss = loss + z_loss * (torch.logsumexp(logits, -1)[targets != ignore_index] ** 2).mean()
+    return loss
+
+
+class TorchEngine:
+    """The row-chunked torch tiling of the two passes over the logits."""
+
+    @staticmethod
+    def chunks(hidden: torch.Tensor, weight: torch.Tensor):
+        rows = max(16, LOGITS_PER_CHUNK // weight.shape[0])
+        return [slice(i, i + rows) for i in range(0, hidden.shape[0], rows)]
+
+    @staticmethod
+    def log_sum_exp(hidden, weight, bias) -> torch.Tensor:
+        parts = [
+            torch.logsumexp(F.linear(hidden[r], weight, bias).float(), -1)
+            for r in TorchEngine.chunks(hidden, weight)
+        ]
+        return torch.cat(parts)
+
+    @staticmethod
+    def softmax_grads(hidden, weight, bias, lse, coef):
+        """fp32 (sum_v P W_v, sum_i P h_i, sum_i P) for P = softmax(logits) * coef[:, None]."""
+        dh = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
+        dw = torch.zeros(weight.shape, dtype=torch.float32, device=hidden.device)
+        db = torch.zeros(weight.shape[0], dtype=torch.float32, device=hidden.device)
+        for r in TorchEngine.chunks(hidden, weight):
+            p = (F.linear(hidden[r], weight, bias).float() - lse[r, None]).exp_().mul_(coef[r, None])
+            dh[r] = p @ weight.float()
+            dw.addmm_(p.T, hidden[r].float())
+            db += p.sum(0)
+        return dh, dw, db
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, ignore_index, z_loss, engine):
+        lse = engine.log_sum_exp(hidden, weight, bias)  # (N,)
+        valid = targets != ignore_index
+        safe = torch.where(valid, targets, 0)
+        target_logit = (hidden.float() * weight[safe].float()).sum(-1)  # (N,): O(N D), no [N, V]
+        if bias is not None:
+            target_logit = target_logit + bias[safe].float()
+        per_row = lse - target_logit + z_loss * lse.square()
+        count = valid.sum().clamp_min(1)
+        ctx.save_for_backward(hidden, weight, bias, safe, valid, lse)
+        ctx.z_loss, ctx.count, ctx.engine = z_loss, count, engine
+        return torch.where(valid, per_row, 0.0).sum() / count
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight, bias, safe, valid, lse = ctx.saved_tensors
+        row_weight = valid.float() * (grad.float() / ctx.count)  # d loss / d per-row loss
+        coef = (row_weight * (1 + 2 * ctx.z_loss * lse)).contiguous()  # softmax's factor (with z-loss)
+        dh, dw, db = ctx.engine.softmax_grads(hidden, weight, bias, lse, coef)
+        dh -= row_weight[:, None] * weight[safe].float()  # the one-hot part: - w_i W[y_i]
+        dw.index_add_(0, safe, -row_weight[:, None] * hidden.float())
+        db.index_add_(0, safe, -row_weight)
+        grad_bias = None if bias is None else db.to(bias.dtype)
+        return dh.to(hidden.dtype), dw.to(weight.dtype), grad_bias, None, None, None, None
 
 
 def linear_cross_entropy(
@@ -81,40 +124,10 @@ def linear_cross_entropy(
     same = hidden.dtype == weight.dtype and hidden.dtype in (torch.float16, torch.bfloat16, torch.float32)
     problem = None if same else f"hidden {hidden.dtype} and weight {weight.dtype} must share a float dtype"
     if resolve_impl(impl, *tensors, problem=problem) == "torch":
-        return linear_cross_entropy_reference(hidden, weight, targets, bias, ignore_index, z_loss)
+        engine = TorchEngine
+    else:
+        from mmar.kernels import triton_cross_entropy as engine
     hidden = hidden.reshape(-1, hidden.shape[-1])
     hidden = hidden if hidden.stride(-1) == 1 else hidden.contiguous()
     weight = weight if weight.stride(-1) == 1 else weight.contiguous()
-    return _LinearCrossEntropy.apply(hidden, weight, bias, targets.reshape(-1), ignore_index, z_loss)
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, ignore_index, z_loss):
-        from mmar.kernels import triton_cross_entropy
-
-        lse = triton_cross_entropy.log_sum_exp(hidden, weight, bias)  # (N,)
-        valid = targets != ignore_index
-        safe = torch.where(valid, targets, 0)
-        target_logit = (hidden.float() * weight[safe].float()).sum(-1)  # (N,): O(N D), no [N, V]
-        if bias is not None:
-            target_logit = target_logit + bias[safe].float()
-        per_row = lse - target_logit + z_loss * lse.square()
-        count = valid.sum().clamp_min(1)
-        ctx.save_for_backward(hidden, weight, bias, safe, valid, lse)
-        ctx.z_loss, ctx.count = z_loss, count
-        return torch.where(valid, per_row, 0.0).sum() / count
-
-    @staticmethod
-    def backward(ctx, grad):
-        from mmar.kernels import triton_cross_entropy
-
-        hidden, weight, bias, safe, valid, lse = ctx.saved_tensors
-        row_weight = valid.float() * (grad.float() / ctx.count)  # d loss / d per-row loss
-        coef = (row_weight * (1 + 2 * ctx.z_loss * lse)).contiguous()  # softmax's factor (with z-loss)
-        dh, dw, db = triton_cross_entropy.softmax_grads(hidden, weight, bias, lse, coef)
-        dh -= row_weight[:, None] * weight[safe].float()  # the one-hot part: - w_i W[y_i]
-        dw.index_add_(0, safe, -row_weight[:, None] * hidden.float())
-        db.index_add_(0, safe, -row_weight)
-        grads_bias = None if bias is None else db.to(bias.dtype)
-        return dh.to(hidden.dtype), dw.to(weight.dtype), grads_bias, None, None, None
+    return _LinearCrossEntropy.apply(hidden, weight, bias, targets.reshape(-1), ignore_index, z_loss, engine)

@@ -4,8 +4,9 @@
     python scripts/compare_units.py --skip-training       # re-score the checkpoints already trained
 
 Each recipe (the quickstart next-token generator and every configs/units/*.yaml) uses the same trunk
-(4 layers, width 128), data, optimiser and number of steps (--steps), under the same wall-clock budget
-(--budget-minutes, passed as the trainer's max_time). Discrete units read the quickstart VQ tokenizer,
+(4 layers, width 128), data and optimiser, its own max_steps (or --steps for all) under the same
+wall-clock budget (--budget-minutes, passed as the trainer's max_time); the table reports the steps each
+one reached. Discrete units read the quickstart VQ tokenizer,
 continuous ones the KL-VAE of configs/tokenizers/digits_kl.yaml; train those first. Every unit then
 samples --per-class images per class with guidance --cfg-scale (the linear ramp for the continuous units,
 as MAR and xAR do), and the embedded digits metric scores them: class accuracy and the classifier-feature
@@ -41,11 +42,12 @@ def checkpoint_of(recipe: dict) -> Path:
     return Path(dirpath) / "last.ckpt"
 
 
-def train(config: str, budget_minutes: float, steps: int) -> float:
+def train(config: str, budget_minutes: float, steps: int | None) -> float:
     minutes, seconds = divmod(int(budget_minutes * 60), 60)
     start = time.perf_counter()
     command = ["mmar", "fit", "--config", config, "--trainer.enable_progress_bar=false"]
-    command += [f"--trainer.max_time=00:00:{minutes:02d}:{seconds:02d}", f"--trainer.max_steps={steps}"]
+    command += [f"--trainer.max_time=00:00:{minutes:02d}:{seconds:02d}"]
+    command += [f"--trainer.max_steps={steps}"] if steps else []
     subprocess.run(command, check=True)
     return time.perf_counter() - start
 
@@ -53,6 +55,7 @@ def train(config: str, budget_minutes: float, steps: int) -> float:
 @torch.no_grad()
 def score(ckpt: Path, args: argparse.Namespace, metrics: DigitsMetrics) -> dict:
     model = load_generator(ckpt)
+    steps = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
     schedule = "linear" if model.tokenizer.kind == "continuous" else "constant"
     labels = torch.arange(10).repeat_interleave(args.per_class)
     images, start = [], time.perf_counter()
@@ -65,6 +68,7 @@ def score(ckpt: Path, args: argparse.Namespace, metrics: DigitsMetrics) -> dict:
         "unit": model.hparams.unit,
         "tokens": model.tokenizer.kind,
         "parameters": sum(p.numel() for m in trained for p in m.parameters()),
+        "steps": steps,
         "forward_passes_per_image": model.unit.num_steps(model.grid),
         "latency_ms_per_image": 1000 * seconds / len(labels),
         **metrics.compute(torch.cat(images), labels),
@@ -72,13 +76,14 @@ def score(ckpt: Path, args: argparse.Namespace, metrics: DigitsMetrics) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    header = ["unit", "tokens", "params", "train (s)", "passes / image", "latency (ms / image)"]
+    header = ["unit", "tokens", "params", "steps", "train (s)", "passes / image", "latency (ms / image)"]
     header += ["class accuracy", "classifier FD"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         train_s = "n/a" if r.get("train_seconds") is None else f"{r['train_seconds']:.0f}"
         lines.append(
-            f"| {r['unit']} | {r['tokens']} | {r['parameters'] / 1e6:.2f}M | {train_s} | "
+            f"| {r['unit']} | {r['tokens']} | {r['parameters'] / 1e6:.2f}M | {r.get('steps', 'n/a')} | "
+            f"{train_s} | "
             f"{r['forward_passes_per_image']} | {r['latency_ms_per_image']:.1f} | "
             f"{r['digits_class_accuracy']:.3f} | {r['digits_classifier_fd']:.3f} |"
         )
@@ -89,7 +94,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", nargs="*", default=RECIPES)
     p.add_argument("--budget-minutes", type=float, default=8.0, help="wall-clock training budget per unit")
-    p.add_argument("--steps", type=int, default=700, help="training steps of every recipe (same for all)")
+    p.add_argument("--steps", type=int, help="override every recipe's max_steps (default: the recipe's)")
     p.add_argument("--skip-training", action="store_true", help="score existing checkpoints only")
     p.add_argument("--per-class", type=int, default=50)
     p.add_argument("--cfg-scale", type=float, default=2.0)

@@ -38,5 +38,6 @@ def test_compare_units_trains_scores_and_writes_the_table(debug_tokenizer, tmp_p
 
     (row,) = json.loads(docs.with_suffix(".json").read_text())
     assert row["unit"] == "next_block" and row["forward_passes_per_image"] == 8  # one pass per row
+    assert row["steps"] == 2
     assert row["num_samples"] == 20 and 0 <= row["digits_class_accuracy"] <= 1 and row["train_seconds"] > 0
     assert "| next_block | discrete |" in docs.read_text()

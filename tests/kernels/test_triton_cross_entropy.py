@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmar.kernels import linear_cross_entropy, linear_cross_entropy_reference
+from mmar.kernels import cross_entropy, linear_cross_entropy, linear_cross_entropy_reference
 
 pytest.importorskip("triton")
 
@@ -44,13 +44,14 @@ def test_fp16_inputs():
     torch.testing.assert_close(dw.float(), want_dw.float(), atol=2e-3, rtol=1e-2)
 
 
-def test_chunked_torch_path_equals_one_chunk():
-    h, w, _, y = problem(n=300)
-    one = linear_cross_entropy_reference(h, w, y, chunk_size=300)
-    chunked = linear_cross_entropy_reference(h, w, y, chunk_size=64)  # 5 checkpointed chunks
-    torch.testing.assert_close(chunked, one)
-    for a, b in zip(torch.autograd.grad(chunked, (h, w)), torch.autograd.grad(one, (h, w))):
-        torch.testing.assert_close(a, b)
+def test_chunked_torch_engine_equals_the_full_logits_reference(monkeypatch):
+    monkeypatch.setattr(cross_entropy, "LOGITS_PER_CHUNK", 45 * 64)  # 64 rows per chunk: 5 chunks
+    h, w, b, y = problem(n=300, bias=True)
+    loss = linear_cross_entropy(h, w, y, b, z_loss=1e-3, impl="torch")
+    ref = linear_cross_entropy_reference(h, w, y, b, z_loss=1e-3)
+    torch.testing.assert_close(loss, ref)
+    for got, want in zip(torch.autograd.grad(loss, (h, w, b)), torch.autograd.grad(ref, (h, w, b))):
+        torch.testing.assert_close(got, want)
 
 
 def test_mismatched_inputs_are_named():
