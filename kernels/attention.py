@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from mmar.kernels.block_lists import cached_plan
 from mmar.kernels.dispatch import resolve_impl
-from mmar.kernels.masks import Mask
+from mmar.kernels.masks import Dense, Mask
 from mmar.kernels.triton_support import interpreting
 
 HEAD_DIMS = (16, 32, 64, 128)  # what the Triton kernel is compiled for
@@ -40,7 +40,7 @@ def attention_reference(
     return out.masked_fill(~bool_mask.any(-1, keepdim=True), 0.0)  # rows with no key: zeros
 
 
-def _block_sizes(tq: int, decode: bool) -> tuple[int, int]:
+def _block_sizes(decode: bool) -> tuple[int, int]:
     if interpreting():
         return 16, 16  # small tiles: tests cover several blocks on tiny shapes
     return (DECODE_ROWS, 64) if decode else (64, 64)
@@ -56,7 +56,7 @@ class _FlashAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, mask, q_offset, decode, splits):
         from mmar.kernels import triton_attention
 
-        block_m, block_n = _block_sizes(q.shape[2], decode)
+        block_m, block_n = _block_sizes(decode)
         plan = cached_plan(mask, q.shape[2], k.shape[2], q_offset, block_m, block_n, q.device)
         out, lse = triton_attention.forward(q, k, v, plan, q_offset, splits)
         ctx.save_for_backward(q, k, v, out, lse)
@@ -80,6 +80,8 @@ def _triton_problem(q, k, v, mask) -> str | None:
         return f"q, k, v must share one of float16/bfloat16/float32; got {q.dtype}, {k.dtype}, {v.dtype}"
     if q.shape[:2] != k.shape[:2] or k.shape != v.shape:
         return f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} must share batch and heads"
+    if isinstance(mask, Dense) and mask.mask.ndim > 3:
+        return f"a per-head dense mask {tuple(mask.mask.shape)} (the kernel takes [T, T] or [B, T, T])"
     return None
 
 

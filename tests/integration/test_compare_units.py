@@ -21,22 +21,16 @@ def test_compare_units_trains_scores_and_writes_the_table(debug_tokenizer, tmp_p
     spec = importlib.util.spec_from_file_location("compare_units", "scripts/compare_units.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    script.main(
-        [
-            "--recipes",
-            str(path),
-            "--budget-minutes",
-            "1",
-            "--steps",
-            "2",
-            "--per-class",
-            "2",
-            "--docs",
-            str(docs),
-        ]
-    )
 
-    (row,) = json.loads(docs.with_suffix(".json").read_text())
+    def run(steps: int) -> dict:
+        options = ["--budget-minutes", "1", "--steps", str(steps), "--per-class", "2", "--docs", str(docs)]
+        script.main(["--recipes", str(path), *options])
+        (row,) = json.loads(docs.with_suffix(".json").read_text())
+        return row
+
+    assert run(3)["steps"] == 3
+
+    row = run(2)  # a rerun scores the new checkpoint, not the one left by the first run
     assert row["unit"] == "next_block" and row["forward_passes_per_image"] == 8  # one pass per row
     assert row["steps"] == 2
     assert row["num_samples"] == 20 and 0 <= row["digits_class_accuracy"] <= 1 and row["train_seconds"] > 0
