@@ -22,7 +22,8 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _allowed(q_pos, kv_pos, q_row, mask_b, ids_ptr, dense_ptr, s_db, s_dq, s_dk, prefix, KIND: tl.constexpr):
-    """The mask predicate on broadcastable position tensors (absolute q_pos, kv_pos; q_row is relative)."""
+    """The mask predicate on broadcastable position tensors (absolute q_pos, kv_pos; q_row is relative).
+    KIND is one of block_lists.KIND_* (0 none, 1 causal, 2 prefix, 3 block ids, 4 dense)."""
     if KIND == 1:  # causal
         ok = kv_pos <= q_pos
     elif KIND == 2:  # bidirectional prefix, then causal
