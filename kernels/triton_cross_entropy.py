@@ -14,6 +14,23 @@ from mmar.kernels.triton_support import interpreting
 
 
 @triton.jit
+def _logits_tile(
+    Hd, W, B, rows, cols, in_rows, in_cols, D, s_h, s_w, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr
+):
+    """fp32 logits [rows, cols] = h[rows] @ W[cols]^T (+ b[cols]), accumulated over BLOCK_D chunks."""
+    logits = tl.zeros([rows.shape[0], cols.shape[0]], tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        in_d = ds < D
+        h = tl.load(Hd + rows[:, None] * s_h + ds[None, :], mask=in_rows[:, None] & in_d[None, :], other=0.0)
+        w = tl.load(W + cols[None, :] * s_w + ds[:, None], mask=in_cols[None, :] & in_d[:, None], other=0.0)
+        logits += tl.dot(h, w)
+    if HAS_BIAS:
+        logits += tl.load(B + cols, mask=in_cols, other=0.0).to(tl.float32)[None, :]
+    return logits
+
+
+@triton.jit
 def _lse_kernel(
     Hd,
     W,
@@ -36,19 +53,7 @@ def _lse_kernel(
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         in_cols = cols < V
-        logits = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            ds = d0 + tl.arange(0, BLOCK_D)
-            in_d = ds < D
-            h = tl.load(
-                Hd + rows[:, None] * s_h + ds[None, :], mask=in_rows[:, None] & in_d[None, :], other=0.0
-            )
-            w = tl.load(
-                W + cols[None, :] * s_w + ds[:, None], mask=in_cols[None, :] & in_d[:, None], other=0.0
-            )
-            logits += tl.dot(h, w)
-        if HAS_BIAS:
-            logits += tl.load(B + cols, mask=in_cols, other=0.0).to(tl.float32)[None, :]
+        logits = _logits_tile(Hd, W, B, rows, cols, in_rows, in_cols, D, s_h, s_w, HAS_BIAS, BLOCK_D)
         logits = tl.where(in_cols[None, :], logits, float("-inf"))
         m_new = tl.maximum(m, tl.max(logits, 1))
         acc = acc * tl.exp(m - m_new) + tl.sum(tl.exp(logits - m_new[:, None]), 1)
@@ -82,19 +87,7 @@ def _grad_kernel(
     in_rows, in_cols = rows < N, cols < V
     coef = tl.load(COEF + rows, mask=in_rows, other=0.0)
     if tl.max(tl.abs(coef), 0) > 0:  # rows all ignored: nothing to add
-        logits = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            ds = d0 + tl.arange(0, BLOCK_D)
-            in_d = ds < D
-            h = tl.load(
-                Hd + rows[:, None] * s_h + ds[None, :], mask=in_rows[:, None] & in_d[None, :], other=0.0
-            )
-            w = tl.load(
-                W + cols[None, :] * s_w + ds[:, None], mask=in_cols[None, :] & in_d[:, None], other=0.0
-            )
-            logits += tl.dot(h, w)
-        if HAS_BIAS:
-            logits += tl.load(B + cols, mask=in_cols, other=0.0).to(tl.float32)[None, :]
+        logits = _logits_tile(Hd, W, B, rows, cols, in_rows, in_cols, D, s_h, s_w, HAS_BIAS, BLOCK_D)
         lse = tl.load(LSE + rows, mask=in_rows, other=0.0)
         p = tl.exp(logits - lse[:, None]) * coef[:, None]
         p = tl.where(in_rows[:, None] & in_cols[None, :], p, 0.0)
