@@ -38,6 +38,16 @@ def _allowed(q_pos, kv_pos, q_row, mask_b, ids_ptr, dense_ptr, s_db, s_dq, s_dk,
 
 
 @triton.jit
+def _tile(j, n_partial, p_idx, f_idx, index_at):
+    """The j-th tile of a block's walk: its partial tiles first, then its full ones."""
+    if j < n_partial:  # noqa: SIM108 (a runtime condition: Triton takes no ternary on tensors)
+        tile = tl.load(p_idx + index_at + j)
+    else:
+        tile = tl.load(f_idx + index_at + j - n_partial)
+    return tile
+
+
+@triton.jit
 def _fwd_kernel(
     Q,
     K,
@@ -103,10 +113,7 @@ def _fwd_kernel(
     count_at, index_at = mask_b * s_cb + pid_m * s_cr, mask_b * s_ib + pid_m * s_ir
     n_partial = tl.load(p_cnt + count_at)
     for j in range(split, n_partial + tl.load(f_cnt + count_at), SPLITS):  # partial tiles first
-        if j < n_partial:
-            start_n = tl.load(p_idx + index_at + j) * BLOCK_N
-        else:
-            start_n = tl.load(f_idx + index_at + j - n_partial) * BLOCK_N
+        start_n = _tile(j, n_partial, p_idx, f_idx, index_at) * BLOCK_N
         offs_n = start_n + tl.arange(0, BLOCK_N)
         in_kv = offs_n < Tkv
         k = tl.load(k_base + offs_n[None, :] * s_kt + offs_d[:, None], mask=in_kv[None, :], other=0.0)
@@ -207,10 +214,7 @@ def _dq_kernel(
     count_at, index_at = mask_b * s_cb + pid_m * s_cr, mask_b * s_ib + pid_m * s_ir
     n_partial = tl.load(p_cnt + count_at)
     for j in range(0, n_partial + tl.load(f_cnt + count_at)):
-        if j < n_partial:
-            start_n = tl.load(p_idx + index_at + j) * BLOCK_N
-        else:
-            start_n = tl.load(f_idx + index_at + j - n_partial) * BLOCK_N
+        start_n = _tile(j, n_partial, p_idx, f_idx, index_at) * BLOCK_N
         offs_n = start_n + tl.arange(0, BLOCK_N)
         in_kv = offs_n < Tkv
         k = tl.load(k_base + offs_n[:, None] * s_kt + offs_d[None, :], mask=in_kv[:, None], other=0.0)
@@ -303,10 +307,7 @@ def _dkdv_kernel(
     count_at, index_at = mask_b * s_cb + pid_n * s_cr, mask_b * s_ib + pid_n * s_ir
     n_partial = tl.load(p_cnt + count_at)
     for j in range(0, n_partial + tl.load(f_cnt + count_at)):
-        if j < n_partial:
-            start_m = tl.load(p_idx + index_at + j) * BLOCK_M
-        else:
-            start_m = tl.load(f_idx + index_at + j - n_partial) * BLOCK_M
+        start_m = _tile(j, n_partial, p_idx, f_idx, index_at) * BLOCK_M
         offs_m = start_m + tl.arange(0, BLOCK_M)
         in_q = offs_m < Tq
         row_ptr = b * s_qb + h * s_qh + offs_m[:, None] * s_qt + offs_d[None, :]
