@@ -83,6 +83,12 @@ def timed(fn, repeats: int = 20) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def timing_row(op: str, case: str, ms: dict[str, float]) -> dict:
+    """Milliseconds per implementation and each baseline's time over Triton's (> 1: Triton is faster)."""
+    ratios = {f"{k}/triton": v / ms["triton"] for k, v in ms.items() if k != "triton"}
+    return {"op": op, "case": case, **{f"{k}_ms": v for k, v in ms.items()}, **ratios}
+
+
 def attention_rows(dtype=torch.bfloat16) -> list[dict]:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -111,15 +117,7 @@ def attention_rows(dtype=torch.bfloat16) -> list[dict]:
                 step = (lambda f=fn: f().sum().backward()) if mode != "forward" else fn
                 with torch.set_grad_enabled(mode != "forward"):
                     ms[impl] = timed(step)
-            rows.append(
-                {
-                    "op": f"attention {mode}",
-                    "case": name,
-                    **{f"{k}_ms": v for k, v in ms.items()},
-                    "sdpa/triton": ms["sdpa"] / ms["triton"],
-                    "flex/triton": ms["flex"] / ms["triton"],
-                }
-            )
+            rows.append(timing_row(f"attention {mode}", name, ms))
     return rows
 
 
@@ -127,15 +125,7 @@ def sampling_rows() -> list[dict]:
     cond, uncond = torch.randn(2, 256, V, device="cuda").unbind(0)
     settings = dict(cfg_scale=2.0, temperature=1.0, top_k=100, top_p=0.9)
     ms = {i: timed(lambda i=i: sample(cond, uncond, **settings, impl=i)) for i in ("triton", "torch")}
-    return [
-        {
-            "op": "sample (CFG, top-k 100, top-p 0.9)",
-            "case": f"256 x {V}",
-            "triton_ms": ms["triton"],
-            "torch_ms": ms["torch"],
-            "torch/triton": ms["torch"] / ms["triton"],
-        }
-    ]
+    return [timing_row("sample (CFG, top-k 100, top-p 0.9)", f"256 x {V}", ms)]
 
 
 def cross_entropy_rows() -> list[dict]:
@@ -147,15 +137,7 @@ def cross_entropy_rows() -> list[dict]:
         "naive": lambda: F.cross_entropy((h @ w.T).float(), y).backward(),
     }
     ms = {k: timed(fn) for k, fn in runs.items()}
-    return [
-        {
-            "op": "linear_cross_entropy forward+backward",
-            "case": f"N={N} V={V} D={D} bf16",
-            "triton_ms": ms["triton"],
-            "naive_ms": ms["naive"],
-            "naive/triton": ms["naive"] / ms["triton"],
-        }
-    ]
+    return [timing_row("linear_cross_entropy forward+backward", f"N={N} V={V} D={D} bf16", ms)]
 
 
 def main() -> None:
