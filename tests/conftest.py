@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny tokenizers on disk, shared by the CLI and generator tests.
+"""Shared fixtures: tiny tokenizers and a tiny generator on disk, shared by the CLI, generator and
+evaluation tests.
 
 The Triton interpreter is switched on here, before anything imports triton: kernel tests run the
 Triton path on CPU (impl="triton"); "auto" still picks torch on CPU.
@@ -72,3 +73,27 @@ def debug_pairs_cache(debug_tokenizer, tmp_path_factory) -> str:
     tokens = torch.randint(32, (n, 8, 8), generator=generator)
     save_token_cache(path, tokens, torch.arange(n) % 10, meta, images=images)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def debug_generator(debug_tokenizer, tmp_path_factory):
+    """(model, last.ckpt) of a debug next-token generator trained 3 steps with EMA on the digits."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+
+    from mmar.data import DigitsDataModule
+    from mmar.lit import GeneratorModule
+
+    root = tmp_path_factory.mktemp("gen")
+    model = GeneratorModule(tokenizer=debug_tokenizer, image_size=32, warmup_steps=1)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=root,
+        callbacks=[EMAWeightAveraging(decay=0.5), ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
+    )
+    trainer.fit(model, DigitsDataModule(image_size=32, batch_size=8))
+    return model, root / "ckpt" / "last.ckpt"

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from mmar.data import DigitsDataModule
 from mmar.errors import ConfigError
@@ -15,22 +15,9 @@ from mmar.lit.loading import load_generator
 from mmar.sampling import Sampler
 
 
-@pytest.fixture(scope="module")
-def trained(debug_tokenizer, tmp_path_factory):
-    """A debug generator trained a few steps with EMA, saved by ModelCheckpoint."""
-    root = tmp_path_factory.mktemp("gen")
-    model = GeneratorModule(tokenizer=debug_tokenizer, image_size=32, warmup_steps=1)
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=3,
-        limit_val_batches=1,
-        logger=False,
-        enable_progress_bar=False,
-        default_root_dir=root,
-        callbacks=[EMAWeightAveraging(decay=0.5), ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
-    )
-    trainer.fit(model, DigitsDataModule(image_size=32, batch_size=8))
-    return model, root / "ckpt" / "last.ckpt"
+@pytest.fixture
+def trained(debug_generator):
+    return debug_generator
 
 
 def test_checkpoint_loads_weights_only_and_generates(trained):
