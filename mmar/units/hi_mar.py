@@ -1,14 +1,19 @@
 """Hierarchical masked autoregression (Hi-MAR: Zheng et al., 2025, "Hierarchical Masked Autoregressive
 Models with Low-Resolution Token Pivots").
 
-MAR with a first phase over a few low-resolution pivot tokens: the p x p average-pooled latents of the
-grid. The sequence is `[cond, pivots (P = p^2), dense tokens (N)]` with full attention; pivots carry a
-learned pivot embedding and the RoPE position of their window's centre cell. Each training sample is,
-with probability `pivot_prob`, a pivot-phase sample (pivots masked with MAR's ratio, every dense token
-masked; the loss is on the masked pivots) or a dense-phase sample (clean pivots, dense tokens masked with
-the ratio; the loss is on the masked dense tokens). Generation runs MAR's cosine schedule over the pivots
-in `pivot_steps` steps with the dense tokens all masked, then over the dense tokens in `steps` steps
-conditioned on the generated pivots: pivot_steps + steps trunk passes.
+MAR with a first phase over a few low-resolution pivot tokens, the p x p average-pooled latents of the
+grid, then a second over the dense tokens conditioned on the pivots. Pivots carry a learned pivot
+embedding and the RoPE position of their window's centre cell.
+
+Training packs both phases into one sequence, `[cond, pivots (phase 1), pivots (phase 2), dense]`:
+phase 1's copy of the pivots is masked (a uniform number 1..P of them: with P = 4 MAR's ratio in
+[0.7, 1] would only ever mask 3 or 4, while generation meets every count) and attends to the condition
+and itself; phase 2's pivots are clean and, with the dense tokens (masked with MAR's ratio), attend to the
+condition and each other; the condition attends only to itself. The two phases are thus independent
+passes sharing the trunk, and every sample trains both (the loss sums the two phases' means: the P
+pivots would otherwise weigh P/N of the dense tokens). Generation runs exactly those passes: MAR's cosine
+schedule over `[cond, pivots]` in `pivot_steps` steps, then over `[cond, pivots, dense]` for the dense
+tokens in `steps` steps: pivot_steps + steps trunk passes.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmar.errors import ConfigError
+from mmar.kernels import Dense
 from mmar.sampling import Sampler
 from mmar.trunk import Trunk
 from mmar.units.base import UnitBatch, grid_positions
@@ -36,36 +42,48 @@ class HiMAR(MaskedAR):
         latent_dim: int,
         pivots: int = 2,
         pivot_steps: int = 4,
-        pivot_prob: float = 0.5,
         **mar_kwargs,
     ):
-        """Args: as `MaskedAR`, plus the pivot grid side p (dividing the token grid), the pivot phase's
-        generation steps, and the share of training samples in the pivot phase."""
+        """Args: as `MaskedAR`, plus the pivot grid side p (dividing the token grid) and the pivot phase's
+        generation steps."""
         super().__init__(d_model, grid, latent_dim, **mar_kwargs)
         if len(self.grid) != 2 or pivots < 1 or any(n % pivots for n in self.grid):
             raise ConfigError(
                 f"pivots={pivots} must divide the image token grid {list(self.grid)} (e.g. 2 or 4)"
             )
-        if pivot_steps < 1 or not 0 < pivot_prob < 1:
-            raise ConfigError(
-                f"need pivot_steps >= 1 and 0 < pivot_prob < 1, got {pivot_steps}, {pivot_prob}"
-            )
-        self.pivots, self.pivot_steps, self.pivot_prob = pivots, pivot_steps, pivot_prob
+        if pivot_steps < 1:
+            raise ConfigError(f"need pivot_steps >= 1, got {pivot_steps}")
+        self.pivots, self.pivot_steps = pivots, pivot_steps
         self.num_pivots = pivots * pivots
         self.pivot_embedding = nn.Parameter(torch.randn(d_model) * 0.02)
 
-    def positions(self, n_cond: int, device=None) -> torch.Tensor:
-        """[n_cond + P + N, 2]: zeros, the pivots' window centres, the dense grid."""
+    def pivot_positions(self, device=None) -> torch.Tensor:
+        """[P, 2]: the centre cell of each pivot's window."""
         window = self.grid[0] // self.pivots
-        pivot = grid_positions((self.pivots, self.pivots), device) * window + window // 2
-        dense = grid_positions(self.grid, device)
-        return torch.cat([dense.new_zeros(n_cond, 2), pivot, dense])
+        return grid_positions((self.pivots, self.pivots), device) * window + window // 2
+
+    def segments(self, n_cond: int, sizes: list[int], device=None) -> Dense:
+        """Attention of `[cond, segment 1, segment 2, ...]` (`sizes` tokens each): a token attends to the
+        condition and to its own segment; the condition to itself only."""
+        ids = torch.repeat_interleave(
+            torch.arange(len(sizes) + 1, device=device), torch.tensor([n_cond, *sizes])
+        )
+        return Dense((ids[None, :] == ids[:, None]) | (ids[None, :] == 0))  # (T, T)
+
+    def decoding_layout(self, n_cond: int, length: int, keys: torch.Tensor | None, device=None):
+        """Phase 1 (`length` = P): `[cond, pivots]`; phase 2: `[cond, pivots, dense]`."""
+        p = self.num_pivots
+        parts = [self.pivot_positions(device)] + ([grid_positions(self.grid, device)] if length > p else [])
+        positions = torch.cat([torch.zeros(n_cond, 2, dtype=torch.long, device=device), *parts])
+        return positions, self.segments(n_cond, [length], device)
 
     def inputs(self, cond: torch.Tensor, x: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-        seq = super().inputs(cond, x, masked)  # (B, n_cond + P + N, D)
-        start = cond.shape[1]
+        """MAR's inputs plus the pivot embedding on the pivots: x is [pivots, pivots, dense] in training,
+        [pivots] or [pivots, dense] in generation."""
+        seq = super().inputs(cond, x, masked)  # (B, n_cond + L, D)
+        n_pivots = x.shape[1] - self.seq_len if x.shape[1] > self.seq_len else self.num_pivots
         kind = torch.zeros(seq.shape[1], 1, device=seq.device, dtype=seq.dtype)
-        kind[start : start + self.num_pivots] = 1  # the pivot embedding marks the low-resolution tokens
+        kind[cond.shape[1] : cond.shape[1] + n_pivots] = 1
         return seq + kind * self.pivot_embedding
 
     def pool(self, dense: torch.Tensor) -> torch.Tensor:
@@ -73,25 +91,45 @@ class HiMAR(MaskedAR):
         pooled = F.adaptive_avg_pool2d(dense.permute(0, 3, 1, 2), self.pivots)  # (B, C, p, p)
         return pooled.flatten(2).transpose(1, 2)
 
+    def sample_pivot_masked(self, b: int, device=None) -> torch.Tensor:
+        """[B, P] phase-1 mask: a uniform number 1..P of the pivots, in a random order."""
+        count = torch.randint(1, self.num_pivots + 1, (b, 1), device=device)
+        return torch.rand(b, self.num_pivots, device=device).argsort(1).argsort(1) < count
+
     def prepare(
         self, tokens: torch.Tensor, cond: torch.Tensor, valid: torch.Tensor | None = None
     ) -> UnitBatch:
-        """tokens [B, H, W, C], cond [B, n_cond, D] -> inputs [B, n_cond + P + N, D]."""
+        """tokens [B, H, W, C], cond [B, n_cond, D] -> inputs [B, n_cond + 2P + N, D], both phases."""
         if valid is not None:
             raise ConfigError("hi_mar pools a full token grid into pivots: it takes no padded tokens")
         self.check_continuous(tokens)
-        dense = tokens.flatten(1, 2)  # (B, N, C)
-        x = torch.cat([self.pool(tokens), dense], dim=1)  # (B, P + N, C)
-        everything = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        pivot_masked = self.sample_masked(everything[:, : self.num_pivots])  # (B, P)
-        dense_masked = self.sample_masked(everything[:, self.num_pivots :])  # (B, N)
-        pivot_phase = torch.rand(x.shape[0], 1, device=x.device) < self.pivot_prob  # (B, 1)
-        masked = torch.cat([pivot_masked & pivot_phase, dense_masked | pivot_phase], dim=1)  # (B, P + N)
-        predicted = torch.cat([pivot_masked & pivot_phase, dense_masked & ~pivot_phase], dim=1)
-        extras = {"n_cond": cond.shape[1], "masked": masked, "predicted": predicted}
-        return UnitBatch(
-            self.inputs(cond, x, masked), self.positions(cond.shape[1], x.device), None, x, extras
+        b, p, n_cond, device = tokens.shape[0], self.num_pivots, cond.shape[1], tokens.device
+        pivots, dense = self.pool(tokens), tokens.flatten(1, 2)  # (B, P, C), (B, N, C)
+        x = torch.cat([pivots, pivots, dense], dim=1)  # (B, 2P + N, C)
+        dense_masked = self.sample_masked(torch.ones(b, self.seq_len, dtype=torch.bool, device=device))
+        clean = torch.zeros(b, p, dtype=torch.bool, device=device)
+        masked = torch.cat([self.sample_pivot_masked(b, device), clean, dense_masked], dim=1)
+        pivot_positions, zeros = (
+            self.pivot_positions(device),
+            torch.zeros(n_cond, 2, dtype=torch.long, device=device),
         )
+        positions = torch.cat([zeros, pivot_positions, pivot_positions, grid_positions(self.grid, device)])
+        mask = self.segments(n_cond, [p, p + self.seq_len], device)
+        extras = {"n_cond": n_cond, "masked": masked, "predicted": masked}
+        return UnitBatch(self.inputs(cond, x, masked), positions, mask, x, extras)
+
+    def loss(self, hidden: torch.Tensor, batch: UnitBatch) -> dict[str, torch.Tensor]:
+        """The sum of the two phases' mean flow losses (phase 1 on the masked pivots, phase 2 on the
+        masked dense tokens)."""
+        predicted, p, r = batch.extras["predicted"], self.num_pivots, self.head_batch_mul
+        z = hidden[:, batch.extras["n_cond"] :]
+        losses = {}
+        for phase, columns in [("pivot", slice(None, p)), ("dense", slice(2 * p, None))]:
+            chosen = predicted[:, columns]
+            x = batch.targets[:, columns][chosen].repeat(r, 1)
+            losses[f"loss_{phase}"] = self.head.loss(x, z[:, columns][chosen].repeat(r, 1))
+        losses["loss"] = losses["loss_pivot"] + losses["loss_dense"]
+        return losses
 
     @torch.no_grad()
     def generate(
@@ -104,9 +142,10 @@ class HiMAR(MaskedAR):
         x = torch.zeros(b, p + n, self.latent_dim, device=device)
         masked = torch.ones(b, p + n, dtype=torch.bool, device=device)
         generator = sampler.generator(device)
-        is_pivot = torch.arange(p + n, device=device) < p
-        for region, steps in [(is_pivot, self.pivot_steps), (~is_pivot, self.steps)]:
-            self.unmask(trunk, cond, (x, masked), region.expand(b, -1), steps, sampler, generator)
+        pivots = (x[:, :p], masked[:, :p])  # views: phase 1 fills x's pivots in place
+        self.unmask(trunk, cond, pivots, masked[:, :p].clone(), self.pivot_steps, sampler, generator)
+        dense = (torch.arange(p + n, device=device) >= p).expand(b, -1)
+        self.unmask(trunk, cond, (x, masked), dense, self.steps, sampler, generator)
         return x[:, p:].unflatten(1, self.grid)
 
     def num_steps(self, grid: tuple[int, ...]) -> int:

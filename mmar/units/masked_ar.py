@@ -184,6 +184,12 @@ class MaskedAR(PredictionUnit):
         self.unmask(trunk, cond, state, valid.to(cond.device), self.steps, sampler, generator, keys)
         return x.unflatten(1, self.grid)
 
+    def decoding_layout(
+        self, n_cond: int, length: int, keys: torch.Tensor | None, device=None
+    ) -> tuple[torch.Tensor, Dense | None]:
+        """Positions and attention mask of a generation pass over `[cond, length tokens]`."""
+        return self.positions(n_cond, device), self.attention_mask(keys, n_cond)
+
     def unmask(
         self,
         trunk: Trunk,
@@ -201,9 +207,11 @@ class MaskedAR(PredictionUnit):
         x, masked = state
         guided, device, n_cond = sampler.guided, cond.device, cond.shape[1]
         both = (lambda t: torch.cat([t, t])) if guided else (lambda t: t)  # the null half reads the same
-        mask = self.attention_mask(None if keys is None else both(keys), n_cond)
+        positions, mask = self.decoding_layout(
+            n_cond, x.shape[1], None if keys is None else both(keys), device
+        )
         ranks = self.random_ranks(region, generator)  # (B, T): the region first, in a random order
-        positions, lengths = self.positions(n_cond, device), region.sum(1)  # K_b tokens to generate
+        lengths = region.sum(1)  # K_b tokens to generate
         masked_now = lengths.tolist()
         for k in range(steps):
             hidden = trunk(self.inputs(cond, both(x), both(masked)), positions, mask)[:, n_cond:]

@@ -1,5 +1,8 @@
-"""Hi-MAR: pivots are window averages at the windows' centres, each training sample is in one phase, and
-generation makes the pivots first (pivot_steps), then the dense tokens (steps)."""
+"""Hi-MAR: pivots are window averages at the windows' centres, training packs both phases into one
+sequence whose passes equal generation's, and generation makes the pivots first (pivot_steps), then the
+dense tokens (steps)."""
+
+import math
 
 import pytest
 import torch
@@ -27,23 +30,57 @@ def test_pivots_are_window_averages_at_window_centres():
     pooled = unit.pool(x)  # (B, 4, C)
     torch.testing.assert_close(pooled[:, 1], x[:, 0:2, 2:4].mean((1, 2)))  # pivot (0, 1)
     torch.testing.assert_close(pooled[:, 2], x[:, 2:4, 0:2].mean((1, 2)))  # pivot (1, 0)
-    assert unit.positions(1)[1:5].tolist() == [[1, 1], [1, 3], [3, 1], [3, 3]]
+    assert unit.pivot_positions().tolist() == [[1, 1], [1, 3], [3, 1], [3, 3]]
 
 
-def test_each_training_sample_is_in_one_phase():
-    trunk, unit, cond = setup(pivot_prob=0.5)
-    x = torch.randn(64, *GRID, C)
-    batch = unit.prepare(x, cond(torch.zeros(64, dtype=torch.long)))
-    masked, predicted, p = batch.extras["masked"], batch.extras["predicted"], unit.num_pivots
-    pivot_rows = predicted[:, :p].any(1)
-    assert 10 < pivot_rows.sum() < 54  # about half of the samples
-    assert masked[pivot_rows, p:].all() and not predicted[pivot_rows, p:].any()  # dense hidden, not learned
-    dense_rows = ~pivot_rows
-    assert not masked[dense_rows, :p].any() and predicted[dense_rows, p:].any(1).all()  # clean pivots
-    assert torch.equal(predicted, predicted & masked)
-    torch.testing.assert_close(batch.targets[:, :p], unit.pool(x))
-    loss = unit.loss(trunk(batch.inputs, batch.positions, batch.mask), batch)["loss"]
-    assert torch.isfinite(loss)
+def test_training_packs_both_phases_into_one_sequence():
+    _, unit, cond = setup()
+    x = torch.randn(256, *GRID, C)
+    batch = unit.prepare(x, cond(torch.zeros(256, dtype=torch.long)))
+    p, n = unit.num_pivots, 16
+    pooled = unit.pool(x)
+    torch.testing.assert_close(batch.targets, torch.cat([pooled, pooled, x.flatten(1, 2)], dim=1))
+    masked = batch.extras["masked"]
+    assert set(masked[:, :p].sum(1).tolist()) == {1, 2, 3, 4}  # every count the pivot schedule meets
+    assert not masked[:, p : 2 * p].any()  # phase 2's pivots are clean
+    dense = masked[:, 2 * p :].sum(1)
+    assert (dense == dense[0]).all() and dense[0] >= math.ceil(0.7 * n)  # MAR's ratio, one per batch
+    # brute force: the condition sees itself; every other token the condition and its own phase
+    phase = [0] + [1] * p + [2] * (p + n)
+    expected = torch.tensor([[k == q or k == 0 for k in phase] for q in phase])
+    assert torch.equal(batch.mask.mask, expected)
+
+
+def test_each_phase_of_training_equals_its_generation_pass():
+    trunk, unit, cond = setup()
+    x = torch.randn(3, *GRID, C)
+    c = cond(torch.tensor([1, 2, 3]))
+    batch = unit.prepare(x, c)
+    hidden = trunk(batch.inputs, batch.positions, batch.mask)  # (B, 1 + 2P + N, D)
+    p, targets, masked = unit.num_pivots, batch.targets, batch.extras["masked"]
+    for part in (slice(0, p), slice(p, None)):  # phase 1: [cond, pivots]; phase 2: [cond, pivots, dense]
+        tokens, hide = targets[:, part], masked[:, part]
+        positions, mask = unit.decoding_layout(1, tokens.shape[1], None)
+        alone = trunk(unit.inputs(c, tokens, hide), positions, mask)
+        torch.testing.assert_close(alone[:, 1:], hidden[:, 1:][:, part], rtol=1e-5, atol=1e-5)
+
+
+def test_loss_sums_the_two_phases_means():
+    # the pivots' few tokens are one mean, the dense tokens' many another: the pivots' gradient does not
+    # shrink with the number of dense tokens
+    trunk, unit, cond = setup(head_batch_mul=1)
+    batch = unit.prepare(torch.randn(16, *GRID, C), cond(torch.zeros(16, dtype=torch.long)))
+    hidden = trunk(batch.inputs, batch.positions, batch.mask)
+    predicted, p = batch.extras["predicted"], unit.num_pivots
+    torch.manual_seed(1)
+    losses = unit.loss(hidden, batch)
+    torch.manual_seed(1)
+    z, x = hidden[:, 1:], batch.targets
+    pivot = unit.head.loss(x[:, :p][predicted[:, :p]], z[:, :p][predicted[:, :p]])
+    dense = unit.head.loss(x[:, 2 * p :][predicted[:, 2 * p :]], z[:, 2 * p :][predicted[:, 2 * p :]])
+    torch.testing.assert_close(losses["loss_pivot"], pivot)
+    torch.testing.assert_close(losses["loss_dense"], dense)
+    torch.testing.assert_close(losses["loss"], pivot + dense)
 
 
 def test_generation_makes_pivots_then_dense_tokens():
@@ -51,10 +88,11 @@ def test_generation_makes_pivots_then_dense_tokens():
     rows = []
     sample = unit.head.sample
     unit.head.sample = lambda z, *args: rows.append(len(z)) or sample(z, *args)
-    calls = []
-    trunk.register_forward_hook(lambda *_: calls.append(1))
+    lengths = []
+    trunk.register_forward_hook(lambda module, args, out: lengths.append(args[0].shape[1]))
     out = unit.generate(trunk, cond(torch.tensor([1, 2])), GRID, Sampler(seed=0))
-    assert out.shape == (2, *GRID, C) and len(calls) == unit.num_steps(GRID) == 2 + 3
+    assert out.shape == (2, *GRID, C) and len(lengths) == unit.num_steps(GRID) == 2 + 3
+    assert lengths == [1 + 4] * 2 + [1 + 4 + 16] * 3  # phase 1 over [cond, pivots], then with the dense
     assert sum(rows[:2]) == 2 * 4 and sum(rows[2:]) == 2 * 16  # the pivots' steps, then the dense ones
 
 
