@@ -5,13 +5,29 @@ The Triton interpreter is switched on here, before anything imports triton: kern
 Triton path on CPU (impl="triton"); "auto" still picks torch on CPU.
 """
 
+import importlib.util
 import os
+from pathlib import Path
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 
 from mmar.cli import main as mmar_main
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """load_script(name) imports scripts/<name>.py as a module (scripts/ is not a package)."""
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"scripts_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 def fit_debug_tokenizer(config: str, root) -> str:

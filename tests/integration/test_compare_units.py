@@ -1,13 +1,12 @@
 """scripts/compare_units.py trains a recipe under a time budget, samples, scores and writes the table."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import yaml
 
 
-def test_compare_units_trains_scores_and_writes_the_table(debug_tokenizer, tmp_path):
+def test_compare_units_trains_scores_and_writes_the_table(debug_tokenizer, tmp_path, load_script):
     recipe = yaml.safe_load(Path("configs/debug/next_block.yaml").read_text())
     recipe["model"]["init_args"]["tokenizer"] = debug_tokenizer
     recipe["trainer"].update(default_root_dir=str(tmp_path), logger=False)
@@ -18,9 +17,7 @@ def test_compare_units_trains_scores_and_writes_the_table(debug_tokenizer, tmp_p
     path.write_text(yaml.safe_dump(recipe))
     docs = tmp_path / "units.md"
 
-    spec = importlib.util.spec_from_file_location("compare_units", "scripts/compare_units.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("compare_units")
 
     def run(steps: int) -> dict:
         options = ["--budget-minutes", "1", "--steps", str(steps), "--per-class", "2", "--docs", str(docs)]

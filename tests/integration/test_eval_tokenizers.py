@@ -1,13 +1,12 @@
 """scripts/eval_tokenizers.py scores an exported tokenizer on its recipe's data and writes the table."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import yaml
 
 
-def test_eval_tokenizers_writes_table(debug_tokenizer, tmp_path):
+def test_eval_tokenizers_writes_table(debug_tokenizer, tmp_path, load_script):
     config = yaml.safe_load(Path("configs/debug/vq.yaml").read_text())
     config["model"]["init_args"]["export_dir"] = debug_tokenizer
     recipe = tmp_path / "debug_vq.yaml"
@@ -20,9 +19,7 @@ def test_eval_tokenizers_writes_table(debug_tokenizer, tmp_path):
     stale = {"config": str(recipe), "stale": True, "train_seconds": 12.0}
     docs.with_suffix(".json").write_text(json.dumps([other, stale]))
 
-    spec = importlib.util.spec_from_file_location("eval_tokenizers", "scripts/eval_tokenizers.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("eval_tokenizers")
     args = ["--configs", str(recipe), "--max-batches", "2", "--docs", str(docs), "--grids", str(tmp_path)]
     args += ["--exported", f"made_by_script={debug_tokenizer}", f"absent={tmp_path / 'none'}"]
     script.main(args)

@@ -1,6 +1,5 @@
 """GeneratorModule end to end on the debug tokenizer: training, checkpoint round trip, sampling script."""
 
-import importlib.util
 import json
 
 import pytest
@@ -52,14 +51,7 @@ def test_grid_mismatch_errors(debug_tokenizer, trained):
         model.tokens_of({"image": torch.zeros(2, 1, 16, 16), "label": torch.zeros(2, dtype=torch.long)})
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, f"scripts/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_sample_script_writes_grid_and_metrics(trained, tmp_path):
+def test_sample_script_writes_grid_and_metrics(trained, tmp_path, load_script):
     _, ckpt = trained
     out = tmp_path / "samples"
     args = ["--ckpt", str(ckpt), "--out", str(out), "--per-class", "2", "--classes", "1", "2"]
@@ -69,7 +61,7 @@ def test_sample_script_writes_grid_and_metrics(trained, tmp_path):
     assert (out / "grid.png").stat().st_size > 0
 
 
-def test_sample_script_missing_checkpoint_is_one_line_error(tmp_path, capsys):
+def test_sample_script_missing_checkpoint_is_one_line_error(tmp_path, capsys, load_script):
     with pytest.raises(SystemExit) as exit_info:
         load_script("sample").main(["--ckpt", str(tmp_path / "missing.ckpt")])
     assert exit_info.value.code == 2

@@ -1,8 +1,6 @@
 """RobusTok's decoder post-training end to end on the debug models: a generator's teacher-forced tokens
 paired with their images, then `TokenizerModule(trainable="decoder")` trains only the decoder on them."""
 
-import importlib.util
-
 import torch
 
 from mmar.cli import main as mmar_main
@@ -12,14 +10,7 @@ from tokenizers_visual import load_tokenizer
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.logger=false"]
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, f"scripts/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_pairs_then_decoder_post_training(debug_tokenizer, tmp_path):
+def test_pairs_then_decoder_post_training(debug_tokenizer, tmp_path, load_script):
     gen = ["fit", "--config", "configs/debug/ar.yaml", f"--model.init_args.tokenizer={debug_tokenizer}"]
     mmar_main([*gen, f"--trainer.default_root_dir={tmp_path / 'ar'}", *QUIET])
     ckpt = next((tmp_path / "ar").rglob("*.ckpt"))

@@ -1,10 +1,8 @@
 """DataModules: embedded digits, image folders with corrupt files, and the token cache round trip."""
 
-import importlib.util
 import io
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,15 +199,7 @@ def test_token_cache_missing_gives_config_error(tmp_path):
         TokenCacheDataModule(str(tmp_path / "nowhere"))
 
 
-def load_script(name: str):
-    path = Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"scripts_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_cache_tokens_script(tmp_path, capsys):
+def test_cache_tokens_script(tmp_path, capsys, load_script):
     main = load_script("cache_tokens").main
     PoolBucketTokenizer(downsample=8, vocab_size=4).save_pretrained(tmp_path / "tok")
     main(

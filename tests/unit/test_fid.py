@@ -2,7 +2,6 @@
 initialised weights through the local-path route), IS and precision/recall against hand computations,
 reference statistics round trips, and the errors for missing weights."""
 
-import importlib.util
 import json
 import math
 from unittest import mock
@@ -187,10 +186,8 @@ def test_missing_weights_name_both_routes(tmp_path, monkeypatch):
         InceptionFeatures(not_a_state_dict)
 
 
-def test_eval_fid_script_writes_json_and_saves_the_reference(random_inception, tmp_path):
-    spec = importlib.util.spec_from_file_location("eval_fid", "scripts/eval_fid.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+def test_eval_fid_script_writes_json_and_saves_the_reference(random_inception, tmp_path, load_script):
+    script = load_script("eval_fid")
     reference = image_folder(tmp_path / "ref", 1)
     images = np.stack([np.asarray(Image.open(p)) for p in sorted(image_folder(tmp_path / "s", 0).iterdir())])
     np.savez(tmp_path / "samples.npz", images=images)  # as scripts/sample.py writes them

@@ -1,7 +1,6 @@
 """FVD plumbing: a randomly initialised TorchScript detector with StyleGAN-V's I3D call convention, saved
 and loaded through the local-path route; the clip length, input formats and errors."""
 
-import importlib.util
 import json
 
 import numpy as np
@@ -110,10 +109,8 @@ def test_missing_detector_names_the_option(tmp_path):
         I3DFeatures(tmp_path / "bad.pt")
 
 
-def test_eval_fvd_script_writes_json(detector_path, tmp_path):
-    spec = importlib.util.spec_from_file_location("eval_fvd", "scripts/eval_fvd.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+def test_eval_fvd_script_writes_json(detector_path, tmp_path, load_script):
+    script = load_script("eval_fvd")
     for name, clips in [("fake", videos(1, speed=2.5)), ("real", videos(0))]:
         np.savez(tmp_path / f"{name}.npz", videos=clips.permute(0, 2, 3, 4, 1).numpy())
     args = ["--samples", str(tmp_path / "fake.npz"), "--ref", str(tmp_path / "real.npz")]

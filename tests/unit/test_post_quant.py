@@ -3,10 +3,8 @@ out-of-range counts, encode/decode round trips through a stand-in continuous tok
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -234,15 +232,7 @@ def test_generator_module_trains_and_samples_over_tokenbridge(tmp_path):
         GeneratorModule(str(tmp_path), image_size=8)  # the categorical head predicts one id per cell
 
 
-def load_script(name: str):
-    path = Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"scripts_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_make_tokenbridge_script(tmp_path, capsys):
+def test_make_tokenbridge_script(tmp_path, capsys, load_script):
     main = load_script("make_tokenbridge").main
     torch.manual_seed(0)
     StandIn(patch=4, gain=8.0).save_pretrained(tmp_path / "cont")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -288,11 +286,8 @@ def test_boundary_pr_errors():
 # ---------------------------------------------------------------- the training script
 
 
-def test_train_boundary_script(tmp_path, capsys):
-    path = Path(__file__).resolve().parents[2] / "scripts" / "train_boundary.py"
-    spec = importlib.util.spec_from_file_location("scripts_train_boundary", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_train_boundary_script(tmp_path, capsys, load_script):
+    module = load_script("train_boundary")
     args = ["--out", str(tmp_path), "--steps", "3", "--batch-size", "4", "--num-val", "8", "--num-png", "2"]
     result = module.main([*args, "--width", "4", "--depth", "2"])
     assert {"boundary", "slic", "felzenszwalb", "boundary_map", "truth"} <= set(result["val"])
