@@ -66,15 +66,15 @@ class HiMAR(MaskedAR):
         """Attention of `[cond, segment 1, segment 2, ...]` (`sizes` tokens each): a token attends to the
         condition and to its own segment; the condition to itself only."""
         ids = torch.repeat_interleave(
-            torch.arange(len(sizes) + 1, device=device), torch.tensor([n_cond, *sizes])
+            torch.arange(len(sizes) + 1, device=device), torch.tensor([n_cond, *sizes], device=device)
         )
         return Dense((ids[None, :] == ids[:, None]) | (ids[None, :] == 0))  # (T, T)
 
     def decoding_layout(self, n_cond: int, length: int, keys: torch.Tensor | None, device=None):
         """Phase 1 (`length` = P): `[cond, pivots]`; phase 2: `[cond, pivots, dense]`."""
-        p = self.num_pivots
-        parts = [self.pivot_positions(device)] + ([grid_positions(self.grid, device)] if length > p else [])
-        positions = torch.cat([torch.zeros(n_cond, 2, dtype=torch.long, device=device), *parts])
+        pivots = self.pivot_positions(device)
+        dense = [grid_positions(self.grid, device)] if length > self.num_pivots else []
+        positions = torch.cat([pivots.new_zeros(n_cond, 2), pivots, *dense])
         return positions, self.segments(n_cond, [length], device)
 
     def inputs(self, cond: torch.Tensor, x: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
@@ -109,11 +109,8 @@ class HiMAR(MaskedAR):
         dense_masked = self.sample_masked(torch.ones(b, self.seq_len, dtype=torch.bool, device=device))
         clean = torch.zeros(b, p, dtype=torch.bool, device=device)
         masked = torch.cat([self.sample_pivot_masked(b, device), clean, dense_masked], dim=1)
-        pivot_positions, zeros = (
-            self.pivot_positions(device),
-            torch.zeros(n_cond, 2, dtype=torch.long, device=device),
-        )
-        positions = torch.cat([zeros, pivot_positions, pivot_positions, grid_positions(self.grid, device)])
+        pivot = self.pivot_positions(device)
+        positions = torch.cat([pivot.new_zeros(n_cond, 2), pivot, pivot, grid_positions(self.grid, device)])
         mask = self.segments(n_cond, [p, p + self.seq_len], device)
         extras = {"n_cond": n_cond, "masked": masked, "predicted": masked}
         return UnitBatch(self.inputs(cond, x, masked), positions, mask, x, extras)
