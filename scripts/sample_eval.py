@@ -1,9 +1,9 @@
 """Sample images for FID at scale: --per-class images of every class (ADM: 50 x 1000 = 50k), split over
 devices with Lightning, resumable.
 
-    python scripts/sample_eval.py --ckpt runs/imagenet/checkpoints/last.ckpt --out runs/eval/ar \
+    python scripts/sample_eval.py --ckpt runs/imagenet/ar_B/checkpoints/last.ckpt --out runs/eval/ar_B \
         --per-class 50 --cfg-scale 2.0 --accelerator gpu --devices 8
-    python scripts/eval_fid.py --samples runs/eval/ar/samples.npz --ref VIRTUAL_imagenet256_labeled.npz
+    python scripts/eval_fid.py --samples runs/eval/ar_B/samples.npz --ref VIRTUAL_imagenet256_labeled.npz
 
 Image i has class i // per_class. The images are cut into batches of --batch-size; batch b is sampled
 with seed `--seed + b`, so image i is the same however many devices share the work and however often the
