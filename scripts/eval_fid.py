@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-from mmar.errors import ConfigError
+from mmar.errors import run_or_exit
 from mmar.eval.fid import extract_features, image_batches, image_metrics, load_reference, save_reference
 from mmar.eval.inception import InceptionFeatures
 
@@ -63,11 +62,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    try:
-        metrics = run(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    metrics = run_or_exit(run, args)
     print(json.dumps(metrics, indent=2))
 
 

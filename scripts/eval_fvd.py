@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-from mmar.errors import ConfigError
+from mmar.errors import run_or_exit
 from mmar.eval.fvd import FVD_FRAMES, I3DFeatures, fvd, i3d_features, video_batches
 
 
@@ -54,11 +53,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    try:
-        metrics = run(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    metrics = run_or_exit(run, args)
     print(json.dumps(metrics, indent=2))
 
 

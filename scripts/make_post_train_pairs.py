@@ -16,7 +16,6 @@ is printed and stored in the cache's meta.json.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 from torch.utils.data import DataLoader
@@ -24,7 +23,7 @@ from tqdm import tqdm
 
 from mmar.data.image_folder import collate_skip_none
 from mmar.data.token_cache import ordered_dataset, save_token_cache
-from mmar.errors import ConfigError
+from mmar.errors import ConfigError, run_or_exit
 from mmar.lit.loading import load_generator
 from mmar.sampling import add_sampler_arguments, sampler_from_arguments
 
@@ -92,11 +91,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        meta = run(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    meta = run_or_exit(run, args)
     print(
         f"paired {meta['num_items']} images with generated tokens (sigma={args.sigma}): "
         f"{meta['changed_token_fraction']:.3f} of the tokens differ from the images' own; wrote {args.out}"

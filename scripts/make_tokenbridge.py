@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -23,7 +22,7 @@ from tqdm import tqdm
 
 import tokenizers_visual  # noqa: F401  (registers the tokenizer classes)
 from mmar.data.digits import DigitsDataModule
-from mmar.errors import ConfigError
+from mmar.errors import run_or_exit
 from mmar.eval.tokenizer_metrics import psnr
 from tokenizers_visual import PostQuantTokenizer, load_tokenizer
 
@@ -99,11 +98,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        metrics = run(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    metrics = run_or_exit(run, args)
     print(json.dumps(metrics, indent=2))
     print(f"tokenizer saved to {Path(args.out).resolve()}")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from mmar.errors import ConfigError
+from mmar.errors import ConfigError, run_or_exit
 from mmar.lit.loading import load_generator
 from mmar.sampling import add_sampler_arguments, sampler_from_arguments
 
@@ -84,11 +83,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    try:
-        metrics = run(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    metrics = run_or_exit(run, args)
     print(json.dumps({k: v for k, v in metrics.items() if k != "sampler"}, indent=2))
     print(f"wrote {args.out}/grid.png, samples.npz, metrics.json")
 

@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from mmar.errors import ConfigError
+from mmar.errors import ConfigError, run_or_exit
 from mmar.eval.fid import to_uint8
 from mmar.lit.loading import load_generator
 from mmar.sampling import Sampler, add_sampler_arguments, sampler_from_arguments
@@ -170,11 +169,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    try:
-        metrics = run(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    metrics = run_or_exit(run, args)
     print(json.dumps(metrics, indent=2))
 
 
