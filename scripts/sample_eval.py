@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmar.errors import ConfigError, run_or_exit
 from mmar.eval.fid import to_uint8
+from mmar.io import save_npz
 from mmar.lit.loading import load_generator
 from mmar.sampling import Sampler, add_sampler_arguments, sampler_from_arguments
 
@@ -117,9 +118,7 @@ def pack(folder: Path, labels: torch.Tensor, digits: int, out: Path) -> None:
     for i in range(len(labels)):
         array = np.asarray(Image.open(image_path(folder, i, digits)))
         images.append(array[..., None] if array.ndim == 2 else array)
-    partial = out.with_name(out.name + ".partial.npz")
-    np.savez(partial, arr_0=np.stack(images), arr_1=labels.numpy())
-    partial.replace(out)
+    save_npz(out, arr_0=np.stack(images), arr_1=labels.numpy())
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -29,6 +29,7 @@ from mmar.data.image_folder import _UNREADABLE, is_image_file
 from mmar.errors import ConfigError
 from mmar.eval.frechet import feature_statistics, frechet_distance
 from mmar.eval.inception import InceptionFeatures
+from mmar.io import load_uint8_npz, save_npz
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +92,7 @@ def image_batches(source: str | Path, batch_size: int = 100) -> tuple[int, Itera
     uint8 [N, H, W, C])."""
     source = Path(source)
     if source.suffix == ".npz":
-        with np.load(source) as data:
-            key = next((k for k in ("arr_0", "images") if k in data), None)
-            if key is None:
-                raise ConfigError(f"{source} has no images: expected uint8 'arr_0' or 'images' [N, H, W, C]")
-            array = data[key]
-        if array.dtype != np.uint8 or array.ndim != 4:
-            raise ConfigError(
-                f"{source}['{key}'] must be uint8 [N, H, W, C], got {array.dtype} {array.shape}"
-            )
+        array = load_uint8_npz(source, ("arr_0", "images"), "N, H, W, C")
         tensor = torch.from_numpy(array).permute(0, 3, 1, 2)
         return len(tensor), iter(tensor.split(batch_size))
     if not source.is_dir():
@@ -178,11 +171,7 @@ def load_reference(
 
 def save_reference(path: str | Path, reference: dict[str, np.ndarray]) -> None:
     """Write reference statistics as an ADM-style `.npz` (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial.npz")
-    np.savez(partial, **reference)
-    partial.replace(path)
+    save_npz(path, **reference)
 
 
 def image_metrics(features: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, float]:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from mmar.errors import ConfigError
 from mmar.eval.frechet import feature_statistics, frechet_distance
 from mmar.eval.inception import fetch_weights
+from mmar.io import load_uint8_npz
 
 I3D_URL = "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt?dl=1"
 FVD_FRAMES = 16
@@ -65,15 +66,7 @@ def video_batches(source: str | Path, batch_size: int = 16) -> tuple[int, Iterat
     or of a folder of GIFs (sorted)."""
     source = Path(source)
     if source.suffix == ".npz":
-        with np.load(source) as data:
-            key = next((k for k in ("videos", "arr_0") if k in data), None)
-            if key is None:
-                raise ConfigError(f"{source} has no videos: expected uint8 'videos' [N, T, H, W, C]")
-            array = data[key]
-        if array.dtype != np.uint8 or array.ndim != 5:
-            raise ConfigError(
-                f"{source}['{key}'] must be uint8 [N, T, H, W, C], got {array.dtype} {array.shape}"
-            )
+        array = load_uint8_npz(source, ("videos", "arr_0"), "N, T, H, W, C")
         tensor = torch.from_numpy(array).permute(0, 4, 1, 2, 3)  # (N, C, T, H, W)
         return len(tensor), iter(tensor.split(batch_size))
     files = sorted(source.glob("*.gif")) if source.is_dir() else []
