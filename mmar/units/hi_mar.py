@@ -13,10 +13,14 @@ condition and each other; the condition attends only to itself. The two phases a
 passes sharing the trunk, and every sample trains both (the loss sums the two phases' means: the P
 pivots would otherwise weigh P/N of the dense tokens). Generation runs exactly those passes: MAR's cosine
 schedule over `[cond, pivots]` in `pivot_steps` steps, then over `[cond, pivots, dense]` for the dense
-tokens in `steps` steps: pivot_steps + steps trunk passes.
+tokens in `steps` steps: pivot_steps + steps trunk passes. The pivot phase guides more strongly
+(`pivot_guidance`): the dense phase's null half reads the same pivots, so guidance there barely acts and
+the class is fixed by the pivots.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -42,18 +46,23 @@ class HiMAR(MaskedAR):
         latent_dim: int,
         pivots: int = 2,
         pivot_steps: int = 4,
+        pivot_guidance: float = 2.0,
         **mar_kwargs,
     ):
-        """Args: as `MaskedAR`, plus the pivot grid side p (dividing the token grid) and the pivot phase's
-        generation steps."""
+        """Args: as `MaskedAR`, plus the pivot grid side p (dividing the token grid), the pivot phase's
+        generation steps, and how much stronger its guidance is: scale 1 + pivot_guidance (s - 1) for the
+        sampler's s (the dense phase's guidance barely acts, as its null half shares the pivots, so the
+        class is set by the pivots; on the digits recipe, s = 4: accuracy 0.57 with 1, 0.705 with ~2.3)."""
         super().__init__(d_model, grid, latent_dim, **mar_kwargs)
         if len(self.grid) != 2 or pivots < 1 or any(n % pivots for n in self.grid):
             raise ConfigError(
                 f"pivots={pivots} must divide the image token grid {list(self.grid)} (e.g. 2 or 4)"
             )
-        if pivot_steps < 1:
-            raise ConfigError(f"need pivot_steps >= 1, got {pivot_steps}")
-        self.pivots, self.pivot_steps = pivots, pivot_steps
+        if pivot_steps < 1 or pivot_guidance < 0:
+            raise ConfigError(
+                f"need pivot_steps >= 1 and pivot_guidance >= 0, got {pivot_steps}, {pivot_guidance}"
+            )
+        self.pivots, self.pivot_steps, self.pivot_guidance = pivots, pivot_steps, pivot_guidance
         self.num_pivots = pivots * pivots
         self.pivot_embedding = nn.Parameter(torch.randn(d_model) * 0.02)
 
@@ -140,7 +149,10 @@ class HiMAR(MaskedAR):
         masked = torch.ones(b, p + n, dtype=torch.bool, device=device)
         generator = sampler.generator(device)
         pivots = (x[:, :p], masked[:, :p])  # views: phase 1 fills x's pivots in place
-        self.unmask(trunk, cond, pivots, masked[:, :p].clone(), self.pivot_steps, sampler, generator)
+        pivot_sampler = dataclasses.replace(
+            sampler, cfg_scale=1 + self.pivot_guidance * (sampler.cfg_scale - 1)
+        )
+        self.unmask(trunk, cond, pivots, masked[:, :p].clone(), self.pivot_steps, pivot_sampler, generator)
         dense = (torch.arange(p + n, device=device) >= p).expand(b, -1)
         self.unmask(trunk, cond, (x, masked), dense, self.steps, sampler, generator)
         return x[:, p:].unflatten(1, self.grid)

@@ -99,3 +99,14 @@ def test_generation_makes_pivots_then_dense_tokens():
 def test_bad_pivots_are_config_errors():
     with pytest.raises(ConfigError, match=r"pivots=3 must divide the image token grid \[4, 4\]"):
         setup(pivots=3)
+
+
+def test_pivot_phase_guides_more_strongly():
+    trunk, unit, cond = setup(pivot_guidance=2.0)
+    scales = []
+    sample = unit.head.sample
+    unit.head.sample = lambda z, steps, scale, *args: (
+        scales.append(scale.unique().tolist()) or sample(z, steps, scale, *args)
+    )
+    unit.generate(trunk, cond.for_sampling(torch.tensor([1, 2]), True), GRID, Sampler(cfg_scale=3.0, seed=0))
+    assert scales[:2] == [[5.0], [5.0]] and all(s == [3.0] for s in scales[2:])  # 1 + 2 (3 - 1), then 3
