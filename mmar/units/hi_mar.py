@@ -103,7 +103,7 @@ class HiMAR(MaskedAR):
     def sample_pivot_masked(self, b: int, device=None) -> torch.Tensor:
         """[B, P] phase-1 mask: a uniform number 1..P of the pivots, in a random order."""
         count = torch.randint(1, self.num_pivots + 1, (b, 1), device=device)
-        return torch.rand(b, self.num_pivots, device=device).argsort(1).argsort(1) < count
+        return self.random_ranks(torch.ones(b, self.num_pivots, dtype=torch.bool, device=device)) < count
 
     def prepare(
         self, tokens: torch.Tensor, cond: torch.Tensor, valid: torch.Tensor | None = None
