@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> dict:
         raise ConfigError(
             f"--per-class and --batch-size must be >= 1, got {args.per_class} and {args.batch_size}"
         )
-    generator = load_generator(args.ckpt)
+    generator, sampler = load_generator(args.ckpt), sampler_from_arguments(args)
     labels = torch.arange(generator.conditioning.num_classes).repeat_interleave(args.per_class)  # (N,)
     out, digits = Path(args.out), max(6, len(str(len(labels) - 1)))
     folder = out / "images"
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> dict:
             enable_checkpointing=False,
         )
         loader = DataLoader(plan, batch_size=None)
-        model = SampleBatches(generator, sampler_from_arguments(args), args.seed)
+        model = SampleBatches(generator, sampler, args.seed)
         trainer.predict(model, loader, return_predictions=False)
         trainer.strategy.barrier()
         world_size = trainer.world_size
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> dict:
         "batches_sampled": len(plan),
         "processes": world_size,
         "sampling_seconds": time.perf_counter() - start,
-        "sampler": {**dataclasses.asdict(sampler_from_arguments(args)), "seed": args.seed},
+        "sampler": {**dataclasses.asdict(sampler), "seed": args.seed},
         "seeds": f"batch b of {args.batch_size} images: seed {args.seed} + b",
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
