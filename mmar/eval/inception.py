@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from mmar.errors import ConfigError
+from mmar.io import atomic_write
 
 INCEPTION_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
@@ -47,16 +48,13 @@ def fetch_weights(weights: str | Path | None, url: str, option: str, what: str) 
     path = cached_weights_path(url)
     if path.is_file():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(path.suffix + ".partial")
     try:
-        torch.hub.download_url_to_file(url, str(partial), progress=True)
+        atomic_write(path, lambda tmp: torch.hub.download_url_to_file(url, tmp, progress=True))
     except Exception as err:  # no network, a proxy, a moved file: say how to get it by hand
         raise ConfigError(
             f"could not download the {what} weights from {url} ({type(err).__name__}: {err}). Download "
             f"the file yourself and pass it with {option} PATH, or put it at {path}"
         ) from err
-    partial.replace(path)
     return path
 
 
