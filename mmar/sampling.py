@@ -84,6 +84,12 @@ class Sampler:
             return s if lo <= p <= hi else 1.0
         return s
 
+    def scales(self, progress: float | torch.Tensor) -> float | torch.Tensor:
+        """`scale_at` for one progress, or per row for a tensor of them [B] -> [B]."""
+        if not isinstance(progress, torch.Tensor):
+            return self.scale_at(progress)
+        return torch.tensor([self.scale_at(p) for p in progress.tolist()], device=progress.device)
+
     def generator(self, device: torch.device | str, stream: int = 0) -> torch.Generator | None:
         """A fresh generator seeded with `seed` for one generate call (None when unseeded); `stream` > 0
         gives independent streams for other draws of the same call (e.g. teacher forcing)."""
@@ -92,16 +98,20 @@ class Sampler:
         return torch.Generator(device=device).manual_seed(self.seed + 1_000_003 * stream)
 
     def pick(
-        self, logits: torch.Tensor, progress: float = 0.0, generator: torch.Generator | None = None
+        self,
+        logits: torch.Tensor,
+        progress: float | torch.Tensor = 0.0,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Tokens from logits [B, V] (or the CFG batch [2B, V], cond first) -> ids [B]."""
+        """Tokens from logits [B, V] (or the CFG batch [2B, V], cond first) -> ids [B]; `progress` is one
+        for all rows or one per row [B]."""
         uncond = None
         if self.guided:
             logits, uncond = logits.chunk(2)
         return sample(
             logits,
             uncond,
-            cfg_scale=self.scale_at(progress),
+            cfg_scale=self.scales(progress),
             temperature=self.temperature,
             top_k=self.top_k,
             top_p=self.top_p,

@@ -40,7 +40,12 @@ class CategoricalHead(nn.Module):
         return linear_cross_entropy(hidden, self.proj.weight, targets, ignore_index=ignore_index)
 
     def sample(
-        self, hidden: torch.Tensor, sampler: Sampler, progress: float, generator: torch.Generator | None
+        self,
+        hidden: torch.Tensor,
+        sampler: Sampler,
+        progress: float | torch.Tensor,
+        generator: torch.Generator | None,
     ) -> torch.Tensor:
-        """hidden [B, D] (or the CFG batch [2B, D], cond first) -> ids [B]."""
+        """hidden [B, D] (or the CFG batch [2B, D], cond first), the guidance's progress (one, or per row
+        [B]) -> ids [B]."""
         return sampler.pick(self(hidden), progress, generator)

@@ -107,9 +107,14 @@ class ChannelARHead(nn.Module):
         return linear_cross_entropy(features, self.out.weight, ordered, ignore_index=ignore_index)
 
     def sample(
-        self, hidden: torch.Tensor, sampler: Sampler, progress: float, generator: torch.Generator | None
+        self,
+        hidden: torch.Tensor,
+        sampler: Sampler,
+        progress: float | torch.Tensor,
+        generator: torch.Generator | None,
     ) -> torch.Tensor:
-        """hidden [B, D] (or the CFG batch [2B, D], cond first) -> ids [B, C], channel by channel."""
+        """hidden [B, D] (or the CFG batch [2B, D], cond first), the guidance's progress (one, or per row
+        [B]) -> ids [B, C], channel by channel."""
         fed = hidden.new_zeros(hidden.shape[0], 0, dtype=torch.long)  # (B', k) ids in prediction order
         picked = []
         for _ in range(self.channels):  # step k predicts channel order[k]

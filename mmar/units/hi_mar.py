@@ -68,8 +68,13 @@ class HiMAR(MaskedAR):
 
     def pivot_positions(self, device=None) -> torch.Tensor:
         """[P, 2]: the centre cell of each pivot's window."""
-        window = self.grid[0] // self.pivots
+        window = torch.tensor(self.window, device=device)
         return grid_positions((self.pivots, self.pivots), device) * window + window // 2
+
+    @property
+    def window(self) -> tuple[int, int]:
+        """The (rows, columns) of dense tokens each pivot averages."""
+        return self.grid[0] // self.pivots, self.grid[1] // self.pivots
 
     def segments(self, n_cond: int, sizes: list[int], device=None) -> Dense:
         """Attention of `[cond, segment 1, segment 2, ...]` (`sizes` tokens each): a token attends to the

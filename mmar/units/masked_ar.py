@@ -234,13 +234,11 @@ class MaskedAR(PredictionUnit):
         generator: torch.Generator | None,
     ) -> torch.Tensor:
         """Tokens for hidden states z [M or 2M (CFG), D]; `rows` [B] of them per image, whose revealed
-        fraction after this step is `revealed` [B] (the guidance schedule's progress)."""
-        if not self.continuous:  # a token head samples through the sampler, at the mean progress
-            return self.head.sample(z, sampler, sum(revealed) / len(revealed), generator)
-        scale = 1.0
-        if sampler.guided:  # each image's own progress
-            scale = torch.tensor([sampler.scale_at(p) for p in revealed], device=z.device)
-            scale = scale.repeat_interleave(rows)
+        fraction after this step is `revealed` [B]: each token is guided at its own image's progress."""
+        progress = torch.tensor(revealed, device=z.device).repeat_interleave(rows.to(z.device))  # (M,)
+        if not self.continuous:  # a token head samples through the sampler
+            return self.head.sample(z, sampler, progress, generator)
+        scale = sampler.scales(progress) if sampler.guided else 1.0
         return self.head.sample(
             z, self.head_steps, scale, sampler.temperature, sampler.flow_solver, sampler.flow_noise, generator
         )

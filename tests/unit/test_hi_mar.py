@@ -33,6 +33,11 @@ def test_pivots_are_window_averages_at_window_centres():
     assert unit.pivot_positions().tolist() == [[1, 1], [1, 3], [3, 1], [3, 3]]
 
 
+def test_pivot_windows_of_a_rectangular_grid():
+    unit = build_unit("hi_mar", d_model=D, grid=(4, 8), latent_dim=C, pivots=2, head_width=32, head_depth=1)
+    assert unit.window == (2, 4) and unit.pivot_positions().tolist() == [[1, 2], [1, 6], [3, 2], [3, 6]]
+
+
 def test_training_packs_both_phases_into_one_sequence():
     _, unit, cond = setup()
     x = torch.randn(256, *GRID, C)

@@ -137,6 +137,32 @@ def test_discrete_tokens_with_a_token_head(head, head_kwargs, shape):
     assert out.shape == (2, *GRID, *shape) and out.dtype == torch.long and out.min() >= 0 and out.max() < 11
 
 
+def test_token_heads_guide_each_image_at_its_own_progress():
+    # with padding the images run their own schedules: 12 and 4 real tokens reveal different fractions
+    torch.manual_seed(0)
+    trunk, cond = Trunk(trunk_config("debug")).eval(), ClassCondition(10, D).eval()
+    unit = build_unit("masked_ar", d_model=D, grid=GRID, vocab_size=11, head="categorical", steps=3).eval()
+    valid = torch.zeros(2, 16, dtype=torch.bool)
+    valid[0, :12], valid[1, :4] = True, True
+    seen = []
+
+    class Recording(Sampler):
+        def pick(self, logits, progress=0.0, generator=None):
+            seen.append(progress.clone())
+            return super().pick(logits, progress, generator)
+
+    sampler = Recording(cfg_scale=2.0, cfg_schedule="linear", seed=0)
+    unit.generate(trunk, cond.for_sampling(torch.tensor([1, 2]), True), GRID, sampler, valid=valid)
+    masked = [12, 4]
+    for k, progress in enumerate(seen):
+        keep = [masked_after(k, 3, n, m) for n, m in zip([12, 4], masked)]
+        expected = [(n - kb) / n for n, kb in zip([12, 4], keep)]
+        rows = [m - kb for m, kb in zip(masked, keep)]
+        torch.testing.assert_close(progress, torch.tensor(expected).repeat_interleave(torch.tensor(rows)))
+        masked = keep
+    assert len(seen) == 3 and masked == [0, 0]
+
+
 def test_a_flow_head_needs_continuous_tokens():
     with pytest.raises(
         ConfigError, match=r"head 'flow' models continuous tokens but the tokenizer's are discrete"

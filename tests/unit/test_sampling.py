@@ -97,6 +97,15 @@ def test_pick_splits_cfg_batch_cond_first():
     assert torch.equal(ids, (uncond + 3.0 * (cond - uncond)).argmax(-1))
 
 
+def test_pick_guides_each_row_at_its_own_progress():
+    sampler = Sampler(cfg_scale=3.0, cfg_schedule="linear", temperature=0)
+    assert sampler.scales(torch.tensor([0.0, 0.5, 1.0])).tolist() == [1.0, 2.0, 3.0]
+    cond, uncond = torch.randn(2, 9), torch.randn(2, 9)
+    ids = sampler.pick(torch.cat([cond, uncond]), torch.tensor([0.0, 1.0]))
+    expected = torch.stack([cond[0], uncond[1] + 3.0 * (cond[1] - uncond[1])]).argmax(-1)
+    assert torch.equal(ids, expected)
+
+
 def test_bad_sampler_settings():
     with pytest.raises(ConfigError, match="cfg_schedule"):
         Sampler(cfg_schedule="exp")
