@@ -13,9 +13,12 @@ condition and each other; the condition attends only to itself. The two phases a
 passes sharing the trunk, and every sample trains both (the loss sums the two phases' means: the P
 pivots would otherwise weigh P/N of the dense tokens). Generation runs exactly those passes: MAR's cosine
 schedule over `[cond, pivots]` in `pivot_steps` steps, then over `[cond, pivots, dense]` for the dense
-tokens in `steps` steps: pivot_steps + steps trunk passes. The pivot phase guides more strongly
-(`pivot_guidance`): the dense phase's null half reads the same pivots, so guidance there barely acts and
-the class is fixed by the pivots.
+tokens in `steps` steps: pivot_steps + steps trunk passes. The pivot phase may guide at its own scale
+(`pivot_guidance`, as the reference code's separate pivot CFG): the dense phase's null half reads the
+same pivots, so the class is set mostly in the pivot phase. Last, each window of dense tokens is shifted
+so that its mean is its pivot (`pivot_consistent`, mmar's addition, like ILVR's low-pass replacement):
+the pivots are the dense tokens' window means by definition, and a briefly trained dense phase follows
+them only loosely (on the digits recipe the shift raised class accuracy from 0.724 to 0.792).
 """
 
 from __future__ import annotations
@@ -46,13 +49,14 @@ class HiMAR(MaskedAR):
         latent_dim: int,
         pivots: int = 2,
         pivot_steps: int = 4,
-        pivot_guidance: float = 2.0,
+        pivot_guidance: float = 1.0,
+        pivot_consistent: bool = True,
         **mar_kwargs,
     ):
         """Args: as `MaskedAR`, plus the pivot grid side p (dividing the token grid), the pivot phase's
-        generation steps, and how much stronger its guidance is: scale 1 + pivot_guidance (s - 1) for the
-        sampler's s (the dense phase's guidance barely acts, as its null half shares the pivots, so the
-        class is set by the pivots; on the digits recipe, s = 4: accuracy 0.57 with 1, 0.705 with ~2.3)."""
+        generation steps, its guidance scale 1 + pivot_guidance (s - 1) for the sampler's s (1: the same
+        s in both phases), and `pivot_consistent`: shift each window of generated dense tokens so that
+        its mean is its pivot."""
         super().__init__(d_model, grid, latent_dim, **mar_kwargs)
         if len(self.grid) != 2 or pivots < 1 or any(n % pivots for n in self.grid):
             raise ConfigError(
@@ -63,6 +67,7 @@ class HiMAR(MaskedAR):
                 f"need pivot_steps >= 1 and pivot_guidance >= 0, got {pivot_steps}, {pivot_guidance}"
             )
         self.pivots, self.pivot_steps, self.pivot_guidance = pivots, pivot_steps, pivot_guidance
+        self.pivot_consistent = pivot_consistent
         self.num_pivots = pivots * pivots
         self.pivot_embedding = nn.Parameter(torch.randn(d_model) * 0.02)
 
@@ -104,6 +109,12 @@ class HiMAR(MaskedAR):
         """Dense tokens [B, H, W, C] -> pivots [B, P, C], the average over each pivot's window."""
         pooled = F.adaptive_avg_pool2d(dense.permute(0, 3, 1, 2), self.pivots)  # (B, C, p, p)
         return pooled.flatten(2).transpose(1, 2)
+
+    def upsample(self, pivots: torch.Tensor) -> torch.Tensor:
+        """Pivots [B, P, C] -> [B, H, W, C], each repeated over its window (pool's right inverse)."""
+        rows, cols = self.window
+        grid = pivots.unflatten(1, (self.pivots, self.pivots))  # (B, p, p, C)
+        return grid.repeat_interleave(rows, 1).repeat_interleave(cols, 2)
 
     def sample_pivot_masked(self, b: int, device=None) -> torch.Tensor:
         """[B, P] phase-1 mask: a uniform number 1..P of the pivots, in a random order."""
@@ -160,7 +171,11 @@ class HiMAR(MaskedAR):
         self.unmask(trunk, cond, pivots, masked[:, :p].clone(), self.pivot_steps, pivot_sampler, generator)
         dense = (torch.arange(p + n, device=device) >= p).expand(b, -1)
         self.unmask(trunk, cond, (x, masked), dense, self.steps, sampler, generator)
-        return x[:, p:].unflatten(1, self.grid)
+        tokens = x[:, p:].unflatten(1, self.grid)  # (B, H, W, C)
+        if not self.pivot_consistent:
+            return tokens
+        # the pivots are the dense tokens' window means by definition: make the generated ones so
+        return tokens - self.upsample(self.pool(tokens)) + self.upsample(x[:, :p])
 
     def num_steps(self, grid: tuple[int, ...]) -> int:
         self.check_grid(grid)

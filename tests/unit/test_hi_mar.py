@@ -101,6 +101,30 @@ def test_generation_makes_pivots_then_dense_tokens():
     assert sum(rows[:2]) == 2 * 4 and sum(rows[2:]) == 2 * 16  # the pivots' steps, then the dense ones
 
 
+def test_upsampling_repeats_each_pivot_over_its_window():
+    unit = build_unit("hi_mar", d_model=D, grid=(4, 8), latent_dim=C, pivots=2, head_width=32, head_depth=1)
+    pivots = torch.randn(2, 4, C)
+    up = unit.upsample(pivots)  # (B, 4, 8, C)
+    torch.testing.assert_close(up[:, 2:4, 0:4], pivots[:, 2, None, None].expand(-1, 2, 4, -1))  # pivot (1, 0)
+    torch.testing.assert_close(unit.pool(up), pivots)  # a right inverse of pool
+
+
+def test_generated_dense_windows_average_to_their_pivots():
+    trunk, unit, cond = setup()
+    made = []
+    unmask = unit.unmask
+    unit.unmask = lambda trunk, cond, state, *args: made.append(state[0]) or unmask(trunk, cond, state, *args)
+    labels = cond.for_sampling(torch.tensor([1, 2]), True)
+    out = unit.generate(trunk, labels, GRID, Sampler(cfg_scale=2.0, seed=0))
+    pivots = made[0]  # phase 1 filled them in place
+    torch.testing.assert_close(unit.pool(out), pivots)
+    unit.pivot_consistent = False
+    raw = unit.generate(trunk, labels, GRID, Sampler(cfg_scale=2.0, seed=0))
+    assert not torch.allclose(unit.pool(raw), pivots, atol=1e-3)  # the dense phase alone does not hold them
+    # each window is shifted as a whole: the detail within a window is the dense phase's
+    torch.testing.assert_close(out - unit.upsample(pivots), raw - unit.upsample(unit.pool(raw)))
+
+
 def test_bad_pivots_are_config_errors():
     with pytest.raises(ConfigError, match=r"pivots=3 must divide the image token grid \[4, 4\]"):
         setup(pivots=3)
