@@ -11,14 +11,13 @@ Train generators on the result with `mmar.data.TokenCacheDataModule(path=...)`.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from torch.utils.data import DataLoader
 
 import tokenizers_visual  # noqa: F401  (importing the package registers the tokenizer classes)
 from mmar.data.image_folder import collate_skip_none
 from mmar.data.token_cache import cache_tokens, ordered_dataset
-from mmar.errors import ConfigError
+from mmar.errors import run_or_exit
 from tokenizers_visual.base import load_tokenizer
 
 
@@ -43,25 +42,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        tokenizer = load_tokenizer(args.tokenizer, map_location=args.device)
-        dataset = ordered_dataset(
-            args.data, args.root, args.image_size, args.channels, args.split, args.val_fraction, args.seed
-        )
-        loader = DataLoader(
-            dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_skip_none
-        )
-        meta = cache_tokens(tokenizer, loader, args.out, tokenizer_path=args.tokenizer, device=args.device)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+def run(args: argparse.Namespace) -> None:
+    tokenizer = load_tokenizer(args.tokenizer, map_location=args.device)
+    dataset = ordered_dataset(
+        args.data, args.root, args.image_size, args.channels, args.split, args.val_fraction, args.seed
+    )
+    loader = DataLoader(
+        dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_skip_none
+    )
+    meta = cache_tokens(tokenizer, loader, args.out, tokenizer_path=args.tokenizer, device=args.device)
     skipped = getattr(dataset, "num_skipped", 0)
     print(
         f"cached {meta['num_items']} items on grid {meta['grid']} (vocab {meta['vocab_size']}) to {args.out}"
         + (f"; skipped {skipped} unreadable files" if skipped else "")
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_or_exit(run, parse_args(argv))
 
 
 if __name__ == "__main__":

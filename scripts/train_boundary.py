@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from mmar.data.shapes import ShapesDataModule
-from mmar.errors import ConfigError
+from mmar.errors import run_or_exit
 from mmar.eval.segmentation import boundary_map, boundary_precision_recall, segment_boundary_scores
 from mmar.io import atomic_write
 from tokenizers_visual.segmenters import BoundarySegmenter, FelzenszwalbSegmenter, Segmenter, SLICSegmenter
@@ -130,32 +129,27 @@ def save_png(
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
-    try:
-        torch.manual_seed(args.seed)
-        data = ShapesDataModule(
-            image_size=args.image_size, batch_size=args.batch_size, num_val=args.num_val, seed=args.seed
-        )
-        boundary = BoundarySegmenter(
-            in_channels=3,
-            width=args.width,
-            depth=args.depth,
-            threshold=args.threshold,
-            min_marker_area=args.min_marker_area,
-            compactness=args.compactness,
-        )
-        start = time.perf_counter()
-        final_loss = train(boundary, data, args.steps, args.lr)
-        train_seconds = time.perf_counter() - start
-        boundary.save_pretrained(out)
-        slic = SLICSegmenter(n_segments=args.slic_segments)
-        segmenters = {"boundary": boundary, "slic": slic, "felzenszwalb": FelzenszwalbSegmenter()}
-        metrics = evaluate(segmenters, boundary, data, args.tolerance)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    torch.manual_seed(args.seed)
+    data = ShapesDataModule(
+        image_size=args.image_size, batch_size=args.batch_size, num_val=args.num_val, seed=args.seed
+    )
+    boundary = BoundarySegmenter(
+        in_channels=3,
+        width=args.width,
+        depth=args.depth,
+        threshold=args.threshold,
+        min_marker_area=args.min_marker_area,
+        compactness=args.compactness,
+    )
+    start = time.perf_counter()
+    final_loss = train(boundary, data, args.steps, args.lr)
+    train_seconds = time.perf_counter() - start
+    boundary.save_pretrained(out)
+    slic = SLICSegmenter(n_segments=args.slic_segments)
+    segmenters = {"boundary": boundary, "slic": slic, "felzenszwalb": FelzenszwalbSegmenter()}
+    metrics = evaluate(segmenters, boundary, data, args.tolerance)
     result = {
         "args": vars(args),
         "final_bce": final_loss,
@@ -170,6 +164,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:>14}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()))
     print(f"boundary predictor saved to {out.resolve()} (trained in {train_seconds:.1f} s)")
     return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run_or_exit(run, parse_args(argv))
 
 
 if __name__ == "__main__":
