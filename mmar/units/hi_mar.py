@@ -168,7 +168,10 @@ class HiMAR(MaskedAR):
         pivot_sampler = dataclasses.replace(
             sampler, cfg_scale=1 + self.pivot_guidance * (sampler.cfg_scale - 1)
         )
-        self.unmask(trunk, cond, pivots, masked[:, :p].clone(), self.pivot_steps, pivot_sampler, generator)
+        pivot_cond = cond if pivot_sampler.guided else cond[:b]  # pivot_guidance 0: no null half there
+        self.unmask(
+            trunk, pivot_cond, pivots, masked[:, :p].clone(), self.pivot_steps, pivot_sampler, generator
+        )
         dense = (torch.arange(p + n, device=device) >= p).expand(b, -1)
         self.unmask(trunk, cond, (x, masked), dense, self.steps, sampler, generator)
         tokens = x[:, p:].unflatten(1, self.grid)  # (B, H, W, C)

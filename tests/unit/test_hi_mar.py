@@ -139,3 +139,18 @@ def test_pivot_phase_guides_more_strongly():
     )
     unit.generate(trunk, cond.for_sampling(torch.tensor([1, 2]), True), GRID, Sampler(cfg_scale=3.0, seed=0))
     assert scales[:2] == [[5.0], [5.0]] and all(s == [3.0] for s in scales[2:])  # 1 + 2 (3 - 1), then 3
+
+
+def test_pivot_guidance_zero_samples_the_pivots_unguided():
+    trunk, unit, cond = setup(pivot_guidance=0.0)
+    rows = []
+    sample = unit.head.sample
+    unit.head.sample = lambda z, steps, scale, *args: (
+        rows.append((len(z), scale)) or sample(z, steps, scale, *args)
+    )
+    out = unit.generate(
+        trunk, cond.for_sampling(torch.tensor([1, 2]), True), GRID, Sampler(cfg_scale=3.0, seed=0)
+    )
+    assert out.shape == (2, *GRID, C)
+    assert sum(n for n, _ in rows[:2]) == 2 * 4 and all(scale == 1.0 for _, scale in rows[:2])  # no null half
+    assert sum(n for n, _ in rows[2:]) == 2 * 2 * 16  # the dense phase keeps its CFG batch
