@@ -5,13 +5,14 @@ Import this package as `mmar.kernels` (setuptools maps the top-level `kernels/` 
 
 from mmar.kernels.attention import attention, attention_reference
 from mmar.kernels.cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
-from mmar.kernels.masks import BlockCausal, Causal, Dense, Mask, Prefix, proximity
+from mmar.kernels.masks import BlockCausal, Causal, Dense, KeyPadding, Mask, Prefix, proximity
 from mmar.kernels.sample import cfg_mix, filter_logits, sample, sample_reference
 
 __all__ = [
     "BlockCausal",
     "Causal",
     "Dense",
+    "KeyPadding",
     "Mask",
     "Prefix",
     "attention",

@@ -72,6 +72,23 @@ class Dense(Mask):
         return m[..., q_idx, kv_idx]
 
 
+@dataclass(frozen=True, eq=False)
+class KeyPadding(Mask):
+    """`base` (None = bidirectional) with padded keys of a condition prefix hidden: the first
+    `valid.shape[1]` positions of sample b are keys only where `valid[b]` [n] is True, so a padded caption
+    never leaks into attention. The mask is per sample: [B, Tq, Tkv]."""
+
+    base: Mask | None
+    valid: torch.Tensor  # (B, n) bool
+
+    def allowed(self, q_idx, kv_idx):
+        valid = self.valid.to(q_idx.device)
+        n = valid.shape[1]
+        keys = (kv_idx >= n) | valid[:, kv_idx.clamp(max=n - 1)]  # (B, 1, Tkv)
+        base = q_idx >= 0 if self.base is None else self.base.allowed(q_idx, kv_idx)  # (B?, Tq, Tkv)
+        return base & keys
+
+
 def proximity(grid: tuple[int, ...], n_prefix: int = 0) -> BlockCausal:
     """NAR's proximity mask over `[prefix, raster tokens of grid]`: token p attends to token p' iff
     sum(p') <= sum(p) (h' + w' <= h + w; t' + h' + w' <= t + h + w for video); the prefix is causal."""

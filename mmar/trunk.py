@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmar.errors import ConfigError
-from mmar.kernels import Mask, attention
+from mmar.kernels import KeyPadding, Mask, attention
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,12 @@ class Trunk(nn.Module):
     def make_cache(self, batch: int, max_len: int, device=None, dtype=torch.float32) -> KVCache:
         return KVCache(self.config, batch, max_len, device=device, dtype=dtype)
 
+    def with_prefix_padding(self, valid: torch.Tensor | None) -> Trunk | PrefixPadded:
+        """This trunk with the padded keys of the condition prefix hidden on every call: `valid` [B, n]
+        marks the real condition tokens at the start of each sequence (None or all True: the trunk itself,
+        so unpadded conditions cost nothing)."""
+        return self if valid is None or bool(valid.all()) else PrefixPadded(self, valid)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -218,6 +224,28 @@ class Trunk(nn.Module):
             shift, scale = self.final_ada(F.silu(cond))[:, None].chunk(2, dim=-1)
             x = x * (1 + scale) + shift
         return x
+
+
+class PrefixPadded:
+    """A trunk whose every call adds the key padding of the condition prefix to the unit's mask
+    (`KeyPadding(mask, valid)`), so units run text (padded) and class conditions with the same code.
+
+    A call on half the rows of `valid` reads its first half: the conditional half of the CFG batch
+    `cat([cond, null])`, which a unit decodes alone where guidance is off (Hi-MAR's unguided pivots)."""
+
+    def __init__(self, trunk: Trunk, valid: torch.Tensor):
+        self.trunk, self.valid = trunk, valid.bool()  # (B, n)
+
+    def __getattr__(self, name: str):
+        return getattr(self.trunk, name)  # config, make_cache, ...
+
+    def __call__(self, x: torch.Tensor, positions: torch.Tensor, mask: Mask | None = None, **kwargs):
+        valid, rows = self.valid, x.shape[0]
+        if rows != len(valid):
+            if 2 * rows != len(valid):
+                raise ValueError(f"a batch of {rows} rows cannot read the key padding of {len(valid)} rows")
+            valid = valid[:rows]
+        return self.trunk(x, positions, KeyPadding(mask, valid.to(x.device)), **kwargs)
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -38,7 +38,7 @@ def main() -> None:
     unit = build_unit("next_token", d_model=config.d_model, grid=tuple(args.grid), vocab_size=args.vocab)
     unit = unit.to(args.device).eval()
     cond = ClassCondition(1000, config.d_model).to(args.device).eval()
-    c = cond.for_sampling(torch.arange(args.batch, device=args.device), guided=False)
+    c = cond.for_sampling(torch.arange(args.batch, device=args.device), guided=False).tokens
     n_tokens = args.batch * unit.seq_len
     params = sum(p.numel() for p in [*trunk.parameters(), *unit.parameters(), *cond.parameters()])
     print(

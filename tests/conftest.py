@@ -74,6 +74,20 @@ def debug_tokenbridge_tokenizer(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def debug_rgb_tokenizer(tmp_path_factory) -> str:
+    """Folder of a random tiny RGB VQ (64 codes, 32x32 -> 8x8), for the text-to-image shapes tests."""
+    import torch
+
+    from tokenizers_visual import VQTokenizer
+
+    torch.manual_seed(0)
+    vq = VQTokenizer(in_channels=3, ch=8, ch_mult=[1, 2, 2], num_res_blocks=1, z_channels=8, codebook_size=64)
+    export = tmp_path_factory.mktemp("debug_rgb_vq") / "tokenizer"
+    vq.save_pretrained(export)
+    return str(export)
+
+
+@pytest.fixture(scope="session")
 def debug_pairs_cache(debug_tokenizer, tmp_path_factory) -> str:
     """A token cache with images (as `scripts/make_post_train_pairs.py` writes): 40 digits-sized random
     images with random ids of the debug VQ tokenizer (vocabulary 32, 8x8 grid)."""

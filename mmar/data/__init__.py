@@ -4,6 +4,7 @@ Image batches are {"image": float32 [B, C, H, W] in [-1, 1], "label": long [B]};
 are {"tokens": long [B, h, w], "label": long [B]}.
 """
 
+from mmar.data.captioned_folder import CaptionedImageFolderDataModule, CaptionedImageFolderDataset
 from mmar.data.digits import (
     DigitsDataModule,
     DigitsDataset,
@@ -24,6 +25,8 @@ from mmar.data.token_cache import (
 from mmar.data.video import MovingDigitsDataModule, MovingDigitsDataset
 
 __all__ = [
+    "CaptionedImageFolderDataModule",
+    "CaptionedImageFolderDataset",
     "ClassLabelsDataModule",
     "DigitsDataModule",
     "DigitsDataset",

@@ -27,6 +27,12 @@ A group gathers the objects of one (colour, shape, column); the column is the ho
 the centre of the object's bounding box. Groups are ordered by column (left to right), then shape, then
 colour, in the order listed above. Example: "two red circles on the left and a blue square in the middle".
 
+Compositional split (text-to-image): `held_out(colour, shape, position)` names 9 of the 54 (colour, shape,
+column) triples, one colour per (shape, column) pair, chosen so that every (colour, shape), (colour, column)
+and (shape, column) pair still occurs in training. With `compositions="seen"` a dataset redraws every
+scene that contains a held-out triple (in any count), so training captions never name one; the
+compositional benchmark (`mmar.eval.compositional`) prompts them.
+
 Batches: {"image": float32 [B, 3, H, W] in [-1, 1], "label": long [B], "caption": list[str],
 "segments": long [B, H, W], "boundaries": bool [B, H, W]} (thick boundaries, `boundary_map`).
 """
@@ -63,6 +69,7 @@ MARGIN = 2  # pixels between a bounding box and the image border, for the same r
 REPEAT_PROB = 0.3  # chance that a new object copies the colour and shape of an earlier one (counts > 1)
 PLACEMENT_TRIES = 100
 SPLITS = {"train": 0, "val": 1}
+COMPOSITIONS = ("all", "seen")
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,16 @@ def sample_scene(rng: np.random.Generator, image_size: int, min_objects: int, ma
                 scene.append(candidate)
                 break
     return sorted(scene, key=lambda s: (2 * s.left + s.size, 2 * s.top + s.size))
+
+
+def held_out(color: str, shape: str, position: str) -> bool:
+    """Whether the (colour, shape, column) triple is held out of training (see the module docstring)."""
+    return (list(COLORS).index(color) + SHAPES.index(shape) + POSITIONS.index(position)) % len(COLORS) == 0
+
+
+def scene_is_seen(scene: Scene, image_size: int) -> bool:
+    """Whether no object of the scene forms a held-out (colour, shape, column) triple."""
+    return not any(held_out(s.color, s.shape, s.position(image_size)) for s in scene)
 
 
 def _too_close(a: ShapeSpec, b: ShapeSpec) -> bool:
@@ -216,6 +233,8 @@ class ShapesDataset(Dataset):
         max_objects: most shapes per image (<= 3, so counts stay in the caption grammar).
         seed: seed of the scene generator.
         split: "train" or "val"; the two draw scenes from different random streams.
+        compositions: "all" scenes, or only "seen" ones: scenes with a held-out (colour, shape, column)
+            triple are redrawn from the same stream, so the caption never names one.
     """
 
     def __init__(
@@ -226,16 +245,20 @@ class ShapesDataset(Dataset):
         max_objects: int = 3,
         seed: int = 0,
         split: str = "train",
+        compositions: str = "all",
     ):
         check_shapes_args(num_items, image_size, min_objects, max_objects)
         if split not in SPLITS:
             raise ConfigError(f"split must be one of {sorted(SPLITS)}, got '{split}'")
+        if compositions not in COMPOSITIONS:
+            raise ConfigError(f"compositions must be one of {COMPOSITIONS}, got '{compositions}'")
         self.num_items = num_items
         self.image_size = image_size
         self.min_objects = min_objects
         self.max_objects = max_objects
         self.seed = seed
         self.split = split
+        self.compositions = compositions
 
     def __len__(self) -> int:
         return self.num_items
@@ -245,7 +268,10 @@ class ShapesDataset(Dataset):
         if not 0 <= index < self.num_items:
             raise IndexError(f"index {index} out of range for {self.num_items} items")
         rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
-        return sample_scene(rng, self.image_size, self.min_objects, self.max_objects)
+        while True:
+            scene = sample_scene(rng, self.image_size, self.min_objects, self.max_objects)
+            if self.compositions == "all" or scene_is_seen(scene, self.image_size):
+                return scene
 
     def __getitem__(self, index: int) -> dict:
         scene = self.scene(index)
@@ -285,6 +311,8 @@ class ShapesDataModule(SplitDataModule):
         min_objects: fewest shapes per image.
         max_objects: most shapes per image (<= 3).
         seed: seed of the scene generator (the splits use separate streams of it).
+        compositions: "all", or "seen" to keep the held-out (colour, shape, column) triples out of both
+            splits (text-to-image training; see `held_out`).
         num_workers: DataLoader worker processes.
     """
 
@@ -299,6 +327,7 @@ class ShapesDataModule(SplitDataModule):
         min_objects: int = 1,
         max_objects: int = 3,
         seed: int = 0,
+        compositions: str = "all",
         num_workers: int = 0,
     ):
         super().__init__(batch_size, num_workers)
@@ -312,6 +341,7 @@ class ShapesDataModule(SplitDataModule):
         self.min_objects = min_objects
         self.max_objects = max_objects
         self.seed = seed
+        self.compositions = compositions
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -326,6 +356,7 @@ class ShapesDataModule(SplitDataModule):
             "min_objects": self.min_objects,
             "max_objects": self.max_objects,
             "seed": self.seed,
+            "compositions": self.compositions,
         }
         self.train_dataset = ShapesDataset(self.num_train, split="train", **common)
         self.val_dataset = ShapesDataset(self.num_val, split="val", **common) if self.num_val else None

@@ -3,14 +3,20 @@
 As in LlamaGen's `extract_codes` step, images go through the tokenizer a single time and the discrete
 ids are stored, so generator training never runs the tokenizer. A cache is a folder with
 
-- `tokens.safetensors`: "tokens" int32 [N, h, w] and "labels" int64 [N], optionally "images" float32
-  [N, C, H, W] (pairs of images and tokens, e.g. generated tokens for RobusTok's decoder post-training)
+- `tokens.safetensors`: "tokens" int32 [N, h, w] and "labels" int64 [N] (when the data has labels),
+  optionally "images" float32 [N, C, H, W] (pairs of images and tokens, e.g. generated tokens for
+  RobusTok's decoder post-training), and for captioned data encoded with a text condition's frozen
+  encoder, each distinct caption once: "caption_embeddings" float16 [U, n, E], "caption_valid" bool
+  [U, n] and "caption_index" int64 [N] (item -> its caption), so generator training never runs the
+  text encoder either
 - `meta.json`: tokenizer_path, tokenizer_name, vocab_size, grid, num_items, num_classes, image_shape
+  (and text_encoder, max_length for captions)
 
 `meta.json` is written last, so a folder with it holds a complete cache. Build one with
 `scripts/cache_tokens.py` (or `cache_tokens` from Python); serve it with `TokenCacheDataModule`.
 
-Batches: {"tokens": long [B, h, w], "label": long [B]} (and "image" [B, C, H, W] when stored).
+Batches: {"tokens": long [B, h, w], "label": long [B]} (and "image" [B, C, H, W] when stored;
+"caption_embedding" [B, n, E] and "caption_valid" [B, n] for captions).
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from mmar.data.base import SplitDataModule
+from mmar.data.captioned_folder import CaptionedImageFolderDataset
 from mmar.data.digits import DigitsDataModule, stratified_split
 from mmar.data.image_folder import ImageFolderDataset
+from mmar.data.shapes import ShapesDataset
 from mmar.errors import ConfigError
 from mmar.io import atomic_write
 
@@ -45,6 +53,7 @@ def cache_tokens(
     tokenizer_path: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    text: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
     """Encode every image batch of `dataloader` and save the ids and labels as a cache in `path`.
 
@@ -56,6 +65,8 @@ def cache_tokens(
         tokenizer_path: where the tokenizer was loaded from, recorded in `meta.json`.
         device: device to encode on.
         progress: show a tqdm bar.
+        text: a `mmar.conditioning.TextCondition` whose frozen encoder embeds the batches' "caption"
+            entries (each distinct caption once); None: captions are not cached.
 
     Returns:
         The metadata written to `meta.json`.
@@ -70,7 +81,7 @@ def cache_tokens(
         raise ConfigError(f"vocab_size={vocab_size} does not fit the cache's int32 ids")
     was_training = tokenizer.training
     tokenizer.eval().to(device)
-    tokens, labels, image_shape = [], [], None
+    tokens, labels, captions, image_shape = [], [], [], None
     try:
         for batch in tqdm(dataloader, desc="caching tokens", disable=not progress):
             if batch is None:  # every item of the batch was unreadable and skipped
@@ -84,24 +95,58 @@ def cache_tokens(
                 )
             image_shape = list(images.shape[1:])
             tokens.append(ids.to("cpu", torch.int32))
-            labels.append(batch["label"].to("cpu", torch.int64))
+            if "label" in batch:
+                labels.append(batch["label"].to("cpu", torch.int64))
+            if text is not None:
+                if "caption" not in batch:
+                    raise ConfigError("a text encoder was given but the data has no captions to cache")
+                captions.extend(batch["caption"])
     finally:
         tokenizer.train(was_training)
     if not tokens:
         raise ConfigError("the dataloader yielded no images; nothing to cache (check the data root)")
     all_tokens = torch.cat(tokens)  # [N, h, w] int32
-    all_labels = torch.cat(labels)  # [N] int64
+    if labels and len(labels) != len(tokens):
+        raise ConfigError("some batches have labels and some do not; cache a dataset of one kind")
+    all_labels = torch.cat(labels) if labels else None  # [N] int64
     meta = {
         "tokenizer_path": None if tokenizer_path is None else str(tokenizer_path),
         "tokenizer_name": getattr(tokenizer, "name", type(tokenizer).__name__),
         "vocab_size": vocab_size,
         "grid": list(all_tokens.shape[1:]),
         "num_items": len(all_tokens),
-        "num_classes": int(all_labels.max()) + 1,
+        "num_classes": None if all_labels is None else int(all_labels.max()) + 1,
         "image_shape": image_shape,
     }
-    save_token_cache(path, all_tokens, all_labels, meta)
+    extra = {}
+    if text is not None:
+        extra = embed_captions(text, captions, progress)
+        meta.update(
+            text_encoder=text.encoder_name,
+            max_length=text.max_length,
+            num_captions=len(extra["caption_valid"]),
+        )
+    save_token_cache(path, all_tokens, all_labels, meta, **extra)
     return meta
+
+
+def embed_captions(text: torch.nn.Module, captions: list[str], progress: bool, batch: int = 256) -> dict:
+    """Each distinct caption through the frozen encoder once: the cache's caption tensors."""
+    distinct = sorted(set(captions))
+    index = {caption: i for i, caption in enumerate(distinct)}
+    hidden, valid = [], []
+    for start in tqdm(range(0, len(distinct), batch), desc="embedding captions", disable=not progress):
+        h, v = text.encode_text(distinct[start : start + batch])  # (b, n, E), (b, n)
+        hidden.append(h.to("cpu", torch.float16))
+        valid.append(v.cpu())
+    return {
+        "caption_embeddings": torch.cat(hidden),
+        "caption_valid": torch.cat(valid),
+        "caption_index": torch.tensor([index[c] for c in captions], dtype=torch.int64),
+    }
+
+
+DATASETS = ("digits", "image_folder", "shapes", "captioned_folder")
 
 
 def ordered_dataset(
@@ -112,12 +157,26 @@ def ordered_dataset(
     split: str = "train",
     val_fraction: float = 0.1,
     seed: int = 0,
+    num_items: int = 20000,
+    compositions: str = "seen",
 ) -> Dataset:
     """The images to encode, in a fixed order (no shuffling, no augmentation).
 
-    `data` is "digits" (the embedded digits, `split` of a seeded `val_fraction` split, 32x32 by default)
-    or "image_folder" (`root`/<class>/<images>, 256x256 by default, `channels` 1 or 3).
+    `data` is "digits" (the embedded digits, `split` of a seeded `val_fraction` split, 32x32 by default),
+    "image_folder" (`root`/<class>/<images>, 256x256 by default, `channels` 1 or 3), "shapes" (`num_items`
+    captioned scenes of `split`, only the `compositions` given, 32x32 by default) or "captioned_folder"
+    (`root` with caption sidecars or a .jsonl manifest, 256x256 by default).
     """
+    if data == "shapes":
+        size = image_size or 32
+        return ShapesDataset(num_items, image_size=size, seed=seed, split=split, compositions=compositions)
+    if data == "captioned_folder":
+        if not root:
+            raise ConfigError(
+                "--data captioned_folder needs --root (a folder with caption sidecars or a .jsonl)"
+            )
+        source = {"manifest": root} if str(root).endswith(".jsonl") else {"root": root}
+        return CaptionedImageFolderDataset(**source, image_size=image_size or 256, channels=channels)
     if data == "digits":
         dm = DigitsDataModule(
             image_size=image_size or 32, val_fraction=val_fraction, seed=seed, augment=False
@@ -125,7 +184,7 @@ def ordered_dataset(
         dm.setup()
         return dm.train_dataset if split == "train" else dm.val_dataset
     if data != "image_folder":
-        raise ConfigError(f"unknown data '{data}'; choose digits or image_folder")
+        raise ConfigError(f"unknown data '{data}'; choose one of {DATASETS}")
     if not root:
         raise ConfigError("--data image_folder needs --root pointing at root/<class_name>/<image files>")
     return ImageFolderDataset(root, image_size=image_size or 256, channels=channels)
@@ -134,14 +193,21 @@ def ordered_dataset(
 def save_token_cache(
     path: str | os.PathLike,
     tokens: torch.Tensor,
-    labels: torch.Tensor,
+    labels: torch.Tensor | None,
     meta: dict[str, Any],
     images: torch.Tensor | None = None,
+    **captions: torch.Tensor,
 ) -> None:
-    """Write `tokens.safetensors` then `meta.json` into `path`, each atomically."""
+    """Write `tokens.safetensors` then `meta.json` into `path`, each atomically; `captions` are the
+    caption_embeddings / caption_valid / caption_index tensors of `embed_captions`."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tensors = {"tokens": tokens.to(torch.int32).contiguous(), "labels": labels.to(torch.int64).contiguous()}
+    tensors = {
+        "tokens": tokens.to(torch.int32).contiguous(),
+        **{k: v.contiguous() for k, v in captions.items()},
+    }
+    if labels is not None:
+        tensors["labels"] = labels.to(torch.int64).contiguous()
     if images is not None:
         tensors["images"] = images.to(torch.float32).contiguous()
     atomic_write(path / TOKENS_NAME, lambda tmp: save_file(tensors, tmp))
@@ -163,7 +229,9 @@ def load_token_cache(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     """({"tokens": long [N, h, w], "labels": long [N], "images"?: [N, C, H, W]}, meta) from a cache."""
     meta = read_token_cache_meta(path)
     tensors = load_file(str(Path(path) / TOKENS_NAME))
-    tensors["tokens"], tensors["labels"] = tensors["tokens"].long(), tensors["labels"].long()
+    tensors["tokens"] = tensors["tokens"].long()
+    if "labels" in tensors:
+        tensors["labels"] = tensors["labels"].long()
     tokens = tensors["tokens"]
     if len(tokens) != meta["num_items"] or list(tokens.shape[1 : 1 + len(meta["grid"])]) != meta["grid"]:
         raise ConfigError(
@@ -175,19 +243,28 @@ def load_token_cache(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
 
 
 ITEM_KEYS = {"tokens": "tokens", "labels": "label", "images": "image"}  # stored name -> batch key
+CAPTION_KEYS = ("caption_embeddings", "caption_valid")  # per distinct caption, looked up by caption_index
 
 
 class TokenCacheDataset(Dataset):
-    """Cached ids; each item is {"tokens": long [h, w], "label": long scalar, "image"?: [C, H, W]}."""
+    """Cached ids; each item is {"tokens": long [h, w], "label"?: long scalar, "image"?: [C, H, W],
+    "caption_embedding"?: float16 [n, E], "caption_valid"?: bool [n]}."""
 
     def __init__(self, tensors: dict[str, torch.Tensor]):
-        self.tensors = {ITEM_KEYS[name]: value for name, value in tensors.items()}
+        self.tensors = {ITEM_KEYS[name]: value for name, value in tensors.items() if name in ITEM_KEYS}
+        self.captions = {name: tensors[name] for name in CAPTION_KEYS if name in tensors}
+        self.caption_index = tensors.get("caption_index")
 
     def __len__(self) -> int:
-        return len(self.tensors["label"])
+        return len(self.tensors["tokens"])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {key: value[index] for key, value in self.tensors.items()}
+        item = {key: value[index] for key, value in self.tensors.items()}
+        if self.caption_index is not None:
+            row = self.caption_index[index]
+            item["caption_embedding"] = self.captions["caption_embeddings"][row]
+            item["caption_valid"] = self.captions["caption_valid"][row]
+        return item
 
 
 class TokenCacheDataModule(SplitDataModule):
@@ -225,14 +302,17 @@ class TokenCacheDataModule(SplitDataModule):
         return tuple(self.meta["grid"])
 
     @property
-    def num_classes(self) -> int:
-        return int(self.meta["num_classes"])
+    def num_classes(self) -> int | None:
+        return self.meta["num_classes"]
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
         tensors, _ = load_token_cache(self.path)
-        train_idx, val_idx = stratified_split(tensors["labels"], self.val_fraction, self.seed)
-        self.train_dataset = TokenCacheDataset({k: v[train_idx] for k, v in tensors.items()})
-        val = {k: v[val_idx] for k, v in tensors.items()}
+        per_item = {k: v for k, v in tensors.items() if k not in CAPTION_KEYS}
+        shared = {k: v for k, v in tensors.items() if k in CAPTION_KEYS}
+        labels = tensors.get("labels", torch.zeros(len(tensors["tokens"]), dtype=torch.long))
+        train_idx, val_idx = stratified_split(labels, self.val_fraction, self.seed)
+        self.train_dataset = TokenCacheDataset({**{k: v[train_idx] for k, v in per_item.items()}, **shared})
+        val = {**{k: v[val_idx] for k, v in per_item.items()}, **shared}
         self.val_dataset = TokenCacheDataset(val) if len(val_idx) else None

@@ -1,9 +1,11 @@
 """GeneratorModule: trunk + prediction unit + conditioning over a frozen tokenizer.
 
-Training batches are either images ({"image", "label"}, tokenised on the fly by the frozen tokenizer)
-or cached tokens ({"tokens", "label"}, from `scripts/cache_tokens.py`). Hyper-parameters are primitives,
-so checkpoints load with `weights_only=True`; EMA comes from Lightning's `EMAWeightAveraging` callback
-in the config, whose averaged weights are what the checkpoint's state_dict holds.
+Training batches are either images ({"image", ...}, tokenised on the fly by the frozen tokenizer) or
+cached tokens ({"tokens", ...}, from `scripts/cache_tokens.py`), with what the condition reads: "label"
+for a class condition (the default), "caption" (or cached caption embeddings) for a text condition.
+Hyper-parameters are primitives, so checkpoints load with `weights_only=True`; EMA comes from
+Lightning's `EMAWeightAveraging` callback in the config, whose averaged weights are what the
+checkpoint's state_dict holds.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import dataclasses
 import torch
 from lightning.pytorch import LightningModule
 
-from mmar.conditioning import ClassCondition
+from mmar.conditioning import build_condition
 from mmar.errors import ConfigError
 from mmar.lit.optim import adamw_with_schedule
 from mmar.sampling import Sampler
@@ -33,6 +35,7 @@ class GeneratorModule(LightningModule):
         image_size: int = 32,
         num_classes: int = 10,
         class_dropout: float = 0.1,
+        condition: dict | None = None,
         vocab_size: int | None = None,
         lr: float = 3e-4,
         betas: tuple[float, float] = (0.9, 0.95),
@@ -41,7 +44,7 @@ class GeneratorModule(LightningModule):
         lr_schedule: str = "cosine",
         min_lr_ratio: float = 0.1,
     ):
-        """A class-conditional generator.
+        """A class- or text-conditional generator.
 
         Args:
             tokenizer: folder of a tokenizer saved with `save_pretrained` (frozen here).
@@ -52,6 +55,9 @@ class GeneratorModule(LightningModule):
             image_size: training image size; with the tokenizer it fixes the token grid.
             num_classes: number of classes (a null class is added for guidance).
             class_dropout: probability of replacing a label with the null class in training.
+            condition: the condition by class path, e.g. {"class_path": "mmar.conditioning.TextCondition",
+                "init_args": {"max_length": 32}}; its width is the trunk's. None: a class condition
+                of `num_classes` with `class_dropout`.
             vocab_size: expected tokenizer vocabulary; checked against the tokenizer when given.
             lr, betas, weight_decay: AdamW settings.
             warmup_steps: linear warmup steps.
@@ -84,7 +90,7 @@ class GeneratorModule(LightningModule):
         self.grid = self.tokenizer.grid(self.image_shape)
         config = trunk_config(trunk, **(trunk_overrides or {}))
         self.trunk = Trunk(config)
-        self.conditioning = ClassCondition(num_classes, config.d_model, dropout=class_dropout)
+        self.conditioning = build_condition(condition, config.d_model, num_classes, class_dropout)
         tokens = self.tokenizer  # discrete units size their heads by the vocabulary, continuous by channels
         token_size = (
             {"vocab_size": tokens.vocab_size}
@@ -131,8 +137,10 @@ class GeneratorModule(LightningModule):
         tokens, padding = self.tokens_of(batch), {}
         if self.tokenizer.variable_length:  # padded tokens: the unit also reads which ones are real
             tokens, padding = tokens.embeddings, {"valid": tokens.mask}
-        unit_batch = self.unit.prepare(tokens, self.conditioning(batch["label"]), **padding)
-        hidden = self.trunk(unit_batch.inputs, unit_batch.positions, unit_batch.mask)
+        cond = self.conditioning(self.conditioning.values_of(batch))
+        unit_batch = self.unit.prepare(tokens, cond.tokens, **padding)
+        trunk = self.trunk.with_prefix_padding(cond.valid)  # padded caption tokens are never attended to
+        hidden = trunk(unit_batch.inputs, unit_batch.positions, unit_batch.mask)
         return self.unit.loss(hidden, unit_batch)
 
     def training_step(self, batch: dict | None, batch_idx: int) -> torch.Tensor | None:
@@ -150,34 +158,34 @@ class GeneratorModule(LightningModule):
         self.log_dict({f"val/{k}": v for k, v in losses.items()}, prog_bar=True, sync_dist=True)
 
     @torch.no_grad()
-    def generate(self, labels: torch.Tensor, sampler: Sampler | None = None, layout=None) -> torch.Tensor:
-        """Class-conditional samples: labels [B] -> images [B, C, H, W] in [-1, 1].
+    def generate(self, conditions, sampler: Sampler | None = None, layout=None) -> torch.Tensor:
+        """Samples: conditions (labels [B], or B captions for a text condition) -> images [B, C, H, W] in
+        [-1, 1].
 
         Variable-length tokenizers (subobject) generate the embeddings of a given geometry: `layout` is
         `tokenizer.encode(reference_images)`, whose segments, boxes and padding mask are kept.
         """
         if not self.tokenizer.variable_length:
-            return self.tokenizer.decode(self.generate_tokens(labels, sampler))
+            return self.tokenizer.decode(self.generate_tokens(conditions, sampler))
         if layout is None:
             raise ConfigError(
                 f"the {self.tokenizer.name} tokenizer decodes embeddings onto a segmentation: pass "
                 "layout=model.tokenizer.encode(reference_images) to generate"
             )
-        embeddings = self.generate_tokens(labels, sampler, valid=layout.mask.to(self.device))
+        embeddings = self.generate_tokens(conditions, sampler, valid=layout.mask.to(self.device))
         return self.tokenizer.decode(dataclasses.replace(layout.to(self.device), embeddings=embeddings))
 
     @torch.no_grad()
-    def generate_tokens(
-        self, labels: torch.Tensor, sampler: Sampler | None = None, **unit_kwargs
-    ) -> torch.Tensor:
-        """Class-conditional token grids: labels [B] -> tokens [B, *grid]; `unit_kwargs` go to the unit's
-        `generate` (e.g. `teacher` and `teacher_prob` for the next-token unit)."""
+    def generate_tokens(self, conditions, sampler: Sampler | None = None, **unit_kwargs) -> torch.Tensor:
+        """Token grids: conditions (labels [B] or B captions) -> tokens [B, *grid]; `unit_kwargs` go to the
+        unit's `generate` (e.g. `teacher` and `teacher_prob` for the next-token unit)."""
         sampler = sampler or Sampler()
-        cond = self.conditioning.for_sampling(labels.to(self.device), sampler.guided)
-        return self.unit.generate(self.trunk, cond, self.grid, sampler, **unit_kwargs)
+        cond = self.conditioning.for_sampling(conditions, sampler.guided)
+        trunk = self.trunk.with_prefix_padding(cond.valid)
+        return self.unit.generate(trunk, cond.tokens, self.grid, sampler, **unit_kwargs)
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self.generate(batch["label"])
+        return self.generate(self.conditioning.values_of(batch))
 
     def on_fit_start(self) -> None:
         meta = getattr(self.trainer.datamodule, "meta", None) or {}
@@ -185,6 +193,17 @@ class GeneratorModule(LightningModule):
             raise ConfigError(
                 f"the token cache was built with a vocabulary of {meta['vocab_size']} but the generator's "
                 f"tokenizer has {self.tokenizer.vocab_size}; rebuild the cache with scripts/cache_tokens.py"
+            )
+        text = (
+            getattr(self.conditioning, "encoder_name", None),
+            getattr(self.conditioning, "max_length", None),
+        )
+        cached = meta.get("text_encoder"), meta.get("max_length")
+        if cached[0] is not None and cached != text:
+            raise ConfigError(
+                f"the token cache holds caption embeddings of encoder {cached[0]} (max_length {cached[1]}) "
+                f"but the generator's condition uses {text[0]} (max_length {text[1]}); match them or "
+                "rebuild the cache with scripts/cache_tokens.py --text-encoder ... --max-length ..."
             )
 
     def configure_optimizers(self):

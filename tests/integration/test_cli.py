@@ -1,5 +1,6 @@
 """The Lightning CLI end to end: every YAML parses, every debug config fits, bad input gets one line."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -36,14 +37,22 @@ def tokenizer_fixture(config: Path) -> str:
     head = (init_args.get("unit_kwargs") or {}).get("head")
     if head == "channel_ar":
         return "debug_tokenbridge_tokenizer"
+    if "condition" in init_args:  # text-to-image recipes: RGB images
+        return "debug_rgb_tokenizer"
     kinds = UNITS[init_args.get("unit", "next_token")].token_kinds
     return "debug_kl_tokenizer" if head == "flow" or kinds[0] == "continuous" else "debug_tokenizer"
 
 
 def offline_overrides(config: Path) -> list[str]:
-    """Keep recipes that load pretrained VGG (LPIPS) offline: a random backbone has the same shapes."""
+    """Keep recipes offline: a random VGG backbone for LPIPS has the same shapes, and text conditions get
+    the packaged MiniLM encoder instead of a hub model (T5) that would download."""
     init_args = yaml.safe_load(config.read_text())["model"]["init_args"]
-    return ["--model.init_args.perceptual_pretrained=false"] if init_args.get("perceptual_weight") else []
+    args = ["--model.init_args.perceptual_pretrained=false"] if init_args.get("perceptual_weight") else []
+    condition = init_args.get("condition")
+    if condition and "encoder" in condition.get("init_args", {}):
+        offline = {**condition, "init_args": {**condition["init_args"], "encoder": "all-MiniLM-L6-v2"}}
+        args.append(f"--model.init_args.condition={json.dumps(offline)}")
+    return args
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
@@ -65,6 +74,7 @@ def test_fast_dev_run_of_every_debug_config(config, request, tmp_path):
     ]
     if needs_tokenizer(config):
         args.append(f"--model.init_args.tokenizer={request.getfixturevalue(tokenizer_fixture(config))}")
+        args += offline_overrides(config)
     else:
         args.append(f"--model.init_args.export_dir={tmp_path / 'tokenizer'}")
     mmar_main([*args, *QUIET])

@@ -157,7 +157,7 @@ def test_next_token_prepares_and_trains_on_channel_tokens(model):
 def test_next_token_generates_channel_tokens(model):
     trunk, unit, cond = model
     sampler = Sampler(cfg_scale=2.0, top_k=4, seed=3)
-    c = cond.for_sampling(torch.tensor([0, 5]), sampler.guided)  # (2B, 1, D)
+    c = cond.for_sampling(torch.tensor([0, 5]), sampler.guided).tokens  # (2B, 1, D)
     cached = unit.generate(trunk, c, (2, 3), sampler)
     assert cached.shape == (2, 2, 3, C) and int(cached.min()) >= 0 and int(cached.max()) < V
     assert torch.equal(cached, unit.generate(trunk, c, (2, 3), sampler, use_cache=False))

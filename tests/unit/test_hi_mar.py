@@ -114,7 +114,7 @@ def test_generated_dense_windows_average_to_their_pivots():
     made = []
     unmask = unit.unmask
     unit.unmask = lambda trunk, cond, state, *args: made.append(state[0]) or unmask(trunk, cond, state, *args)
-    labels = cond.for_sampling(torch.tensor([1, 2]), True)
+    labels = cond.for_sampling(torch.tensor([1, 2]), True).tokens
     out = unit.generate(trunk, labels, GRID, Sampler(cfg_scale=2.0, seed=0))
     pivots = made[0]  # phase 1 filled them in place
     torch.testing.assert_close(unit.pool(out), pivots)
@@ -137,7 +137,9 @@ def test_pivot_phase_guides_more_strongly():
     unit.head.sample = lambda z, steps, scale, *args: (
         scales.append(scale.unique().tolist()) or sample(z, steps, scale, *args)
     )
-    unit.generate(trunk, cond.for_sampling(torch.tensor([1, 2]), True), GRID, Sampler(cfg_scale=3.0, seed=0))
+    unit.generate(
+        trunk, cond.for_sampling(torch.tensor([1, 2]), True).tokens, GRID, Sampler(cfg_scale=3.0, seed=0)
+    )
     assert scales[:2] == [[5.0], [5.0]] and all(s == [3.0] for s in scales[2:])  # 1 + 2 (3 - 1), then 3
 
 
@@ -149,7 +151,7 @@ def test_pivot_guidance_zero_samples_the_pivots_unguided():
         rows.append((len(z), scale)) or sample(z, steps, scale, *args)
     )
     out = unit.generate(
-        trunk, cond.for_sampling(torch.tensor([1, 2]), True), GRID, Sampler(cfg_scale=3.0, seed=0)
+        trunk, cond.for_sampling(torch.tensor([1, 2]), True).tokens, GRID, Sampler(cfg_scale=3.0, seed=0)
     )
     assert out.shape == (2, *GRID, C)
     assert sum(n for n, _ in rows[:2]) == 2 * 4 and all(scale == 1.0 for _, scale in rows[:2])  # no null half

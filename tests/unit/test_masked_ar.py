@@ -75,7 +75,7 @@ def test_generation_reveals_on_schedule_with_guidance_linear_in_the_revealed_fra
 
     unit.head.sample = spy
     sampler = Sampler(cfg_scale=3.0, cfg_schedule="linear", seed=0)
-    out = unit.generate(trunk, cond.for_sampling(torch.tensor([0, 7]), True), GRID, sampler)
+    out = unit.generate(trunk, cond.for_sampling(torch.tensor([0, 7]), True).tokens, GRID, sampler)
     assert out.shape == (2, *GRID, C) and torch.isfinite(out).all() and unit.num_steps(GRID) == 5
     masked, expected = 16, []
     for k in range(5):
@@ -84,7 +84,7 @@ def test_generation_reveals_on_schedule_with_guidance_linear_in_the_revealed_fra
         masked = keep
     assert [n for n, _ in calls] == [n for n, _ in expected]
     assert [s for _, s in calls] == pytest.approx([s for _, s in expected])
-    again = unit.generate(trunk, cond.for_sampling(torch.tensor([0, 7]), True), GRID, sampler)
+    again = unit.generate(trunk, cond.for_sampling(torch.tensor([0, 7]), True).tokens, GRID, sampler)
     assert torch.equal(out, again)  # seeded
 
 
@@ -113,7 +113,9 @@ def test_padding_is_never_masked_attended_or_generated():
     torch.testing.assert_close(hidden_junk[keep], hidden[keep], atol=1e-5, rtol=0)  # padding is not attended
 
     sampler = Sampler(cfg_scale=2.0, cfg_schedule="linear", seed=0)
-    out = unit.generate(trunk, cond.for_sampling(torch.tensor([1, 2]), True), GRID, sampler, valid=valid)
+    out = unit.generate(
+        trunk, cond.for_sampling(torch.tensor([1, 2]), True).tokens, GRID, sampler, valid=valid
+    )
     flat = out.flatten(1, 2)
     assert (flat[~valid] == 0).all() and (flat[valid] != 0).all()  # every real token generated, padding not
 
@@ -132,7 +134,7 @@ def test_discrete_tokens_with_a_token_head(head, head_kwargs, shape):
     loss = unit.loss(trunk(batch.inputs, batch.positions, batch.mask), batch)["loss"]
     assert torch.isfinite(loss) and loss > 0
     out = unit.generate(
-        trunk, cond.for_sampling(torch.tensor([3, 4]), True), GRID, Sampler(cfg_scale=2.0, seed=1)
+        trunk, cond.for_sampling(torch.tensor([3, 4]), True).tokens, GRID, Sampler(cfg_scale=2.0, seed=1)
     )
     assert out.shape == (2, *GRID, *shape) and out.dtype == torch.long and out.min() >= 0 and out.max() < 11
 
@@ -152,7 +154,7 @@ def test_token_heads_guide_each_image_at_its_own_progress():
             return super().pick(logits, progress, generator)
 
     sampler = Recording(cfg_scale=2.0, cfg_schedule="linear", seed=0)
-    unit.generate(trunk, cond.for_sampling(torch.tensor([1, 2]), True), GRID, sampler, valid=valid)
+    unit.generate(trunk, cond.for_sampling(torch.tensor([1, 2]), True).tokens, GRID, sampler, valid=valid)
     masked = [12, 4]
     for k, progress in enumerate(seen):
         keep = [masked_after(k, 3, n, m) for n, m in zip([12, 4], masked)]

@@ -87,7 +87,7 @@ def test_cached_block_decoding_equals_the_full_forward(grid, block):
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
 
     sampler = Sampler(cfg_scale=1.5, top_k=4, seed=2)
-    guided = cond.for_sampling(torch.tensor([3, 7]), sampler.guided)
+    guided = cond.for_sampling(torch.tensor([3, 7]), sampler.guided).tokens
     cached = unit.generate(trunk, guided, grid, sampler)
     assert cached.shape == (2, *grid)
     assert torch.equal(cached, unit.generate(trunk, guided, grid, sampler, use_cache=False))

@@ -93,7 +93,7 @@ def test_greedy_generation_is_the_argmax_of_averaged_teacher_forced_logits(grid)
         ]
         assert torch.equal(torch.stack(logits).mean(0).argmax(-1), flat[:, p]), p
     sampler = Sampler(cfg_scale=2.0, top_k=3, seed=5)
-    guided = cond.for_sampling(torch.tensor([4, 9]), sampler.guided)
+    guided = cond.for_sampling(torch.tensor([4, 9]), sampler.guided).tokens
     assert torch.equal(
         unit.generate(trunk, guided, grid, sampler),
         unit.generate(trunk, guided, grid, sampler, use_cache=False),

@@ -40,7 +40,7 @@ def test_kv_cached_logits_equal_full_forward(model):
 def test_cached_and_uncached_generation_agree(model):
     trunk, unit, cond = model
     sampler = Sampler(cfg_scale=2.5, cfg_schedule="linear", top_k=10, seed=7)
-    c = cond.for_sampling(torch.tensor([0, 3]), sampler.guided)  # (2B, 1, D)
+    c = cond.for_sampling(torch.tensor([0, 3]), sampler.guided).tokens  # (2B, 1, D)
     cached = unit.generate(trunk, c, GRID, sampler)
     uncached = unit.generate(trunk, c, GRID, sampler, use_cache=False)
     assert cached.shape == (2, *GRID)
@@ -92,7 +92,7 @@ def test_bad_grid_and_unknown_unit(model):
     with pytest.raises(ConfigError, match="do not match the generator's grid"):
         unit.prepare(torch.randint(0, 33, (2, 4, 4)), cond(torch.tensor([0, 1])))
     with pytest.raises(ConfigError, match="cannot generate on grid"):
-        unit.generate(trunk, cond.for_sampling(torch.tensor([0]), False), (8, 8), Sampler())
+        unit.generate(trunk, cond.for_sampling(torch.tensor([0]), False).tokens, (8, 8), Sampler())
     with pytest.raises(ConfigError, match="unknown prediction unit 'next_pixel'"):
         build_unit("next_pixel", d_model=8, grid=GRID, vocab_size=4)
 
@@ -101,7 +101,7 @@ def test_bad_grid_and_unknown_unit(model):
 def test_teacher_forcing_keeps_the_teacher_at_probability_one_and_nothing_at_zero(model, guided):
     trunk, unit, cond = model
     sampler = Sampler(cfg_scale=2.0 if guided else 1.0, seed=3)
-    c = cond.for_sampling(torch.tensor([2, 5, 9]), sampler.guided)
+    c = cond.for_sampling(torch.tensor([2, 5, 9]), sampler.guided).tokens
     teacher = torch.randint(0, 33, (3, *GRID))
     assert torch.equal(unit.generate(trunk, c, GRID, sampler, teacher=teacher, teacher_prob=1.0), teacher)
     free = unit.generate(trunk, c, GRID, sampler)

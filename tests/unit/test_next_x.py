@@ -76,7 +76,7 @@ def test_noisy_context_inputs_targets_and_mask():
 def test_cached_entity_decoding_equals_uncached_and_counts_passes(solver):
     trunk, unit, cond = setup(entity="subsample", size=2, flow_steps=3)
     sampler = Sampler(cfg_scale=2.0, cfg_schedule="linear", seed=3, flow_solver=solver)
-    guided = cond.for_sampling(torch.tensor([4, 6]), True)
+    guided = cond.for_sampling(torch.tensor([4, 6]), True).tokens
     calls = []
     trunk.register_forward_hook(lambda *_: calls.append(1))
     cached = unit.generate(trunk, guided, (4, 4), sampler)
@@ -118,7 +118,7 @@ def test_scale_entities_are_area_pyramids_at_cell_centres():
 def test_scale_decoding_cached_equals_uncached():
     trunk, unit, cond = setup(entity="scale", scales=[2, 4], flow_steps=2)
     sampler = Sampler(cfg_scale=1.5, cfg_schedule="linear", seed=0)
-    guided = cond.for_sampling(torch.tensor([3]), True)
+    guided = cond.for_sampling(torch.tensor([3]), True).tokens
     calls = []
     trunk.register_forward_hook(lambda *_: calls.append(1))
     cached = unit.generate(trunk, guided, (4, 4), sampler)

@@ -92,7 +92,7 @@ def test_generation_feeds_what_raster_training_sees(model):
     ]
     torch.testing.assert_close(torch.cat(fed, dim=1), batch.inputs, rtol=0, atol=0)
     sampler = Sampler(cfg_scale=2.0, top_k=5, seed=1)
-    guided = cond.for_sampling(torch.tensor([2, 4]), sampler.guided)
+    guided = cond.for_sampling(torch.tensor([2, 4]), sampler.guided).tokens
     cached = unit.generate(trunk, guided, GRID, sampler)
     assert torch.equal(cached, unit.generate(trunk, guided, GRID, sampler, use_cache=False))
     assert cached.shape == (2, *GRID) and unit.num_steps(GRID) == 12
