@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,31 +27,11 @@ import torch
 import yaml
 
 from mmar.eval.embedded import DigitsMetrics
-from mmar.eval.report import merge_rows, write_marked
+from mmar.eval.report import merge_rows, recipe_checkpoint, train_recipe, write_marked
 from mmar.lit.loading import load_generator
 from mmar.sampling import Sampler
 
 RECIPES = ["configs/quickstart/digits_ar.yaml", *sorted(map(str, Path("configs/units").glob("*.yaml")))]
-
-
-def checkpoint_of(recipe: dict) -> Path:
-    callbacks = recipe["trainer"].get("callbacks", [])
-    dirpath = next(
-        c["init_args"]["dirpath"] for c in callbacks if c["class_path"].endswith("ModelCheckpoint")
-    )
-    return Path(dirpath) / "last.ckpt"
-
-
-def train(config: str, budget_minutes: float, steps: int | None, ckpt: Path) -> float:
-    for stale in ckpt.parent.glob("last*.ckpt"):  # else Lightning writes last-v1.ckpt beside the old one
-        stale.unlink()
-    minutes, seconds = divmod(int(budget_minutes * 60), 60)
-    start = time.perf_counter()
-    command = ["mmar", "fit", "--config", config, "--trainer.enable_progress_bar=false"]
-    command += [f"--trainer.max_time=00:00:{minutes:02d}:{seconds:02d}"]
-    command += [f"--trainer.max_steps={steps}"] if steps else []
-    subprocess.run(command, check=True)
-    return time.perf_counter() - start
 
 
 @torch.no_grad()
@@ -112,8 +91,8 @@ def main(argv=None) -> None:
     metrics, rows = DigitsMetrics(image_size=32), []
     for config in args.recipes:
         recipe = yaml.safe_load(Path(config).read_text())
-        ckpt = checkpoint_of(recipe)
-        seconds = None if args.skip_training else train(config, args.budget_minutes, args.steps, ckpt)
+        ckpt = recipe_checkpoint(recipe)
+        seconds = None if args.skip_training else train_recipe(config, args.budget_minutes, args.steps, ckpt)
         if not ckpt.is_file():
             print(f"skipping {config}: no checkpoint at {ckpt} (train it first)", file=sys.stderr)
             continue

@@ -6,9 +6,10 @@
     python scripts/sample_t2i.py --ckpt runs/t2i/ar_B/checkpoints/last.ckpt --prompts prompts.txt \
         --per-prompt 4 --cfg-scale 7.5 --cfg-schedule linear --top-k 1000 --out runs/t2i/ar_B/samples
 
-Prompts: every --prompt (in order), then the lines of --prompts FILE: a .jsonl/.ndjson file holds one
-JSON object a line with the text under "prompt" (or "caption" / "text"); any other file one prompt a line.
-Blank lines are skipped; leading and trailing whitespace is stripped.
+Prompts: the compositional benchmark's prompts of a split (--benchmark held_out|seen, scored on their
+GenEval-style tasks with --score), or every --prompt (in order), then the lines of --prompts FILE: a
+.jsonl/.ndjson file holds one JSON object a line with the text under "prompt" (or "caption" / "text");
+any other file one prompt a line. Blank lines are skipped; leading and trailing whitespace is stripped.
 
 Seeds: the N = prompts x --per-prompt images are ordered prompt by prompt (image k = i * per_prompt + j
 is image j of prompt i) and cut into batches of --batch-size; batch b is sampled with seed `--seed + b`,
@@ -62,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ckpt", required=True, help="text-conditional generator checkpoint (.ckpt)")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompts", help="file of prompts: .txt one a line, .jsonl one {'prompt': ...} a line")
+    p.add_argument(
+        "--benchmark", choices=["held_out", "seen"], help="the compositional benchmark's prompts of a split"
+    )
     p.add_argument("--per-prompt", type=int, default=4, help="images per prompt")
     p.add_argument("--batch-size", type=int, default=64, help="images per generate call")
     p.add_argument("--seed", type=int, default=0, help="batch b uses seed + b (see the seed rule above)")
@@ -112,7 +116,11 @@ def read_prompt_file(path: str) -> list[str]:
 
 
 def gather_prompts(args: argparse.Namespace) -> list[str]:
-    """--prompt values then the --prompts file's, checked."""
+    """The benchmark's prompts, or the --prompt values then the --prompts file's, checked."""
+    if args.benchmark:
+        if args.prompt or args.prompts:
+            raise ConfigError("--benchmark brings its own prompts: drop --prompt / --prompts")
+        return [prompt.caption for prompt in benchmark(args)]
     prompts = [check_prompt(p, f"--prompt #{n}") for n, p in enumerate(args.prompt, start=1)]
     if args.prompts:
         prompts += read_prompt_file(args.prompts)
@@ -121,6 +129,13 @@ def gather_prompts(args: argparse.Namespace) -> list[str]:
             "no prompts: pass --prompt TEXT (repeatable) and/or --prompts FILE (.txt or .jsonl)"
         )
     return prompts
+
+
+def benchmark(args: argparse.Namespace) -> list:
+    """The compositional benchmark's prompts (with their tasks) of --benchmark's split."""
+    from mmar.eval.compositional import benchmark_prompts
+
+    return benchmark_prompts(args.benchmark)
 
 
 def check_scorable(prompts: list[str]) -> None:
@@ -251,9 +266,14 @@ def run(args: argparse.Namespace) -> dict:
         "images_per_second": len(images) / seconds,
     }
     if args.score:
-        from mmar.eval.compositional import score_captions
+        from mmar.eval.compositional import score_captions, score_images
 
-        metrics["compositional"] = score_captions(images, [prompts[i] for i in prompt_index.tolist()])
+        if args.benchmark:  # each prompt on its own task(s)
+            scored = benchmark(args)
+            metrics["compositional"] = score_images(images, [scored[i] for i in prompt_index.tolist()])
+        else:
+            metrics["compositional"] = score_captions(images, [prompts[i] for i in prompt_index.tolist()])
+        metrics["benchmark"] = args.benchmark
     metrics = json_safe(metrics)
     atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2)))
     return metrics

@@ -1,11 +1,36 @@
-"""Measured tables in the docs: rows kept in a JSON file next to a Markdown page, and the page's table
-between two markers rewritten from them, so one recipe can be re-measured without redoing the rest."""
+"""Measured tables in the docs: recipes trained under a wall-clock budget, rows kept in a JSON file next
+to a Markdown page, and the page's table between two markers rewritten from them, so one recipe can be
+re-measured without redoing the rest."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
+
+
+def recipe_checkpoint(recipe: dict) -> Path:
+    """The `last.ckpt` that a recipe's ModelCheckpoint callback writes."""
+    callbacks = recipe["trainer"].get("callbacks", [])
+    dirpath = next(
+        c["init_args"]["dirpath"] for c in callbacks if c["class_path"].endswith("ModelCheckpoint")
+    )
+    return Path(dirpath) / "last.ckpt"
+
+
+def train_recipe(config: str, budget_minutes: float, steps: int | None, ckpt: Path) -> float:
+    """`mmar fit --config config` under the budget (the trainer's max_time); its wall time in seconds."""
+    for stale in ckpt.parent.glob("last*.ckpt"):  # else Lightning writes last-v1.ckpt beside the old one
+        stale.unlink()
+    minutes, seconds = divmod(int(budget_minutes * 60), 60)
+    start = time.perf_counter()
+    command = ["mmar", "fit", "--config", config, "--trainer.enable_progress_bar=false"]
+    command += [f"--trainer.max_time=00:00:{minutes:02d}:{seconds:02d}"]
+    command += [f"--trainer.max_steps={steps}"] if steps else []
+    subprocess.run(command, check=True)
+    return time.perf_counter() - start
 
 
 def merge_rows(

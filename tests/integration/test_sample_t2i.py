@@ -35,32 +35,18 @@ def fit_and_save(model, root, path):
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """(text-conditional last.ckpt, class-conditional class.ckpt) over one random 3-channel VQ (32 -> 8x8)."""
-    import torch
-
+def checkpoints(debug_rgb_tokenizer, tmp_path_factory):
+    """(text-conditional last.ckpt, class-conditional class.ckpt) over the random RGB debug VQ."""
     from mmar.lit import GeneratorModule
-    from tokenizers_visual import VQTokenizer
 
     root = tmp_path_factory.mktemp("t2i")
-    torch.manual_seed(0)
-    tokenizer = root / "tokenizer"
-    VQTokenizer(
-        in_channels=3,
-        ch=8,
-        ch_mult=[1, 2, 2],
-        num_res_blocks=1,
-        z_channels=8,
-        codebook_size=32,
-        codebook_dim=4,
-    ).save_pretrained(tokenizer)
     text = GeneratorModule(
-        tokenizer=str(tokenizer),
+        tokenizer=debug_rgb_tokenizer,
         image_size=32,
         warmup_steps=1,
         condition={"class_path": "mmar.conditioning.TextCondition", "init_args": {"max_length": 16}},
     )
-    classes = GeneratorModule(tokenizer=str(tokenizer), image_size=32, num_classes=3, warmup_steps=1)
+    classes = GeneratorModule(tokenizer=debug_rgb_tokenizer, image_size=32, num_classes=3, warmup_steps=1)
     return fit_and_save(text, root, root / "last.ckpt"), fit_and_save(classes, root, root / "class.ckpt")
 
 
@@ -138,9 +124,23 @@ def test_bad_input_exits_with_one_line(checkpoints, sample_t2i, tmp_path, capsys
     bad.write_text('{"text": " "}\n')
     assert "line 1" in error_of(sample_t2i, capsys, [*base, "--prompts", str(bad)])
     assert "--per-prompt" in error_of(sample_t2i, capsys, [*base, "--prompt", "a", "--per-prompt", "0"])
+    assert "--benchmark" in error_of(sample_t2i, capsys, [*base, "--prompt", "a", "--benchmark", "seen"])
     err = error_of(sample_t2i, capsys, [*base, "--prompt", PROMPTS[0], "--prompt", "a cat", "--score"])
     assert "'a cat'" in err and "--score needs shapes captions" in err
     class_args = ["--ckpt", str(class_ckpt), "--out", str(tmp_path / "out"), "--device", "cpu"]
     err = error_of(sample_t2i, capsys, [*class_args, "--prompt", PROMPTS[0]])
     assert "class-conditional" in err and "scripts/sample.py" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_benchmark_prompts_are_scored_on_their_tasks(checkpoints, sample_t2i, tmp_path):
+    from mmar.eval.compositional import TASKS, benchmark_prompts
+
+    metrics = run_script(
+        sample_t2i, checkpoints[0], tmp_path, "--benchmark", "held_out", "--per-prompt", "1", "--score"
+    )
+    prompts = benchmark_prompts("held_out")
+    assert metrics["prompts"] == [p.caption for p in prompts] and metrics["benchmark"] == "held_out"
+    scores = metrics["compositional"]
+    assert scores["num_images"] == len(prompts) and all(0 <= scores[task] <= 1 for task in TASKS)
+    assert scores["num_single_object"] == sum(p.task == "single_object" for p in prompts)

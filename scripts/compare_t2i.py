@@ -1,0 +1,94 @@
+"""Train text-to-image recipes on the shapes captions and score them on the compositional benchmark.
+
+    python scripts/compare_t2i.py                     # train (timed), sample, score, write docs/t2i.md
+    python scripts/compare_t2i.py --skip-training     # re-score the checkpoints already trained
+
+Each recipe (configs/t2i/shapes_*.yaml generators; train the tokenizer and the caption cache first, see
+docs/t2i.md) trains under the same wall-clock budget (--budget-minutes, the trainer's max_time), then
+samples --per-prompt images for every prompt of the benchmark's two splits (`held_out`: a (colour,
+shape, column) triple never seen in training; `seen`) with `scripts/sample_t2i.py`, and
+`mmar.eval.compositional` scores them per GenEval-style task. The sampler settings are the same for
+every unit and were fixed before scoring (constant guidance --cfg-scale, no top-k).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from mmar.eval.compositional import SPLITS, TASKS
+from mmar.eval.report import merge_rows, recipe_checkpoint, train_recipe, write_marked
+
+RECIPES = ["configs/t2i/shapes_next_token.yaml", "configs/t2i/shapes_next_block.yaml"]
+COLUMNS = [*TASKS, "overall"]
+
+
+def sample_t2i():
+    """scripts/sample_t2i.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("sample_t2i", Path(__file__).with_name("sample_t2i.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def score(ckpt: Path, out: Path, args: argparse.Namespace) -> dict:
+    """Sample and score both benchmark splits; the row of the table."""
+    sampler = sample_t2i()
+    row = {"steps": torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]}
+    for split in SPLITS:
+        argv = ["--ckpt", str(ckpt), "--benchmark", split, "--score", "--per-prompt", str(args.per_prompt)]
+        argv += ["--cfg-scale", str(args.cfg_scale), "--seed", "0", "--out", str(out / split)]
+        metrics = sampler.run(sampler.parse_args(argv))
+        row.update(unit=metrics["unit"], passes=metrics["forward_passes_per_image"])
+        row[split] = {k: metrics["compositional"][k] for k in [*COLUMNS, "exact", "num_images"]}
+    return row
+
+
+def markdown(rows: list[dict]) -> str:
+    header = ["unit", "steps", "train (s)", "passes / image", "split", *COLUMNS, "exact"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        train_s = "n/a" if r.get("train_seconds") is None else f"{r['train_seconds']:.0f}"
+        for split in SPLITS:
+            scores = " | ".join(f"{r[split][c]:.3f}" for c in [*COLUMNS, "exact"])
+            name = split.replace("_", "-")
+            lines.append(f"| {r['unit']} | {r['steps']} | {train_s} | {r['passes']} | {name} | {scores} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipes", nargs="*", default=RECIPES)
+    p.add_argument("--budget-minutes", type=float, default=20.0, help="wall-clock training budget per unit")
+    p.add_argument("--steps", type=int, help="override every recipe's max_steps (default: the recipe's)")
+    p.add_argument("--skip-training", action="store_true", help="score existing checkpoints only")
+    p.add_argument("--per-prompt", type=int, default=8, help="images per benchmark prompt")
+    p.add_argument("--cfg-scale", type=float, default=3.0, help="constant guidance, every unit")
+    p.add_argument("--out", default="runs/t2i/eval", help="samples and metrics per recipe and split")
+    p.add_argument("--docs", default="docs/t2i.md")
+    args = p.parse_args(argv)
+    rows = []
+    for config in args.recipes:
+        ckpt = recipe_checkpoint(yaml.safe_load(Path(config).read_text()))
+        seconds = None if args.skip_training else train_recipe(config, args.budget_minutes, args.steps, ckpt)
+        if not ckpt.is_file():
+            print(f"skipping {config}: no checkpoint at {ckpt} (train it first)", file=sys.stderr)
+            continue
+        row = {"recipe": config, **score(ckpt, Path(args.out) / Path(config).stem, args)}
+        row["train_seconds"] = seconds  # None with --skip-training: the earlier run's time is kept
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    rows = merge_rows(rows, Path(args.docs).with_suffix(".json"), "recipe", RECIPES, carry=["train_seconds"])
+    table = markdown(rows)
+    print(table)
+    write_marked(Path(args.docs), "compare_t2i", table, "Text-to-image")
+
+
+if __name__ == "__main__":
+    main()
