@@ -12,5 +12,5 @@ python scripts/cache_tokens.py --tokenizer runs/t2i/vq/tokenizer --data shapes -
   --text-encoder all-MiniLM-L6-v2 --max-length 32 --out runs/t2i/tokens
 mmar fit --config configs/t2i/shapes_next_token.yaml
 python scripts/sample_t2i.py --ckpt runs/t2i/next_token/checkpoints/last.ckpt --benchmark held_out \
-  --per-prompt 8 --cfg-scale 3.0 --score --out runs/t2i/samples
+  --per-prompt 8 --cfg-scale 2.0 --temperature 0.7 --score --out runs/t2i/samples
 echo "== text-to-image done in $(( $(date +%s) - start )) s: runs/t2i/samples/grid.png and metrics.json"

@@ -116,7 +116,7 @@ def sample_scene(rng: np.random.Generator, image_size: int, min_objects: int, ma
             size = int(rng.integers(lo, hi + 1))
             top, left = (int(v) for v in rng.integers(MARGIN, image_size - size - MARGIN + 1, size=2))
             candidate = ShapeSpec(shape, color, top, left, size)
-            if not any(_too_close(candidate, other) for other in scene):
+            if not any(too_close(candidate, other) for other in scene):
                 scene.append(candidate)
                 break
     return sorted(scene, key=lambda s: (2 * s.left + s.size, 2 * s.top + s.size))
@@ -132,7 +132,7 @@ def scene_is_seen(scene: Scene, image_size: int) -> bool:
     return not any(held_out(s.color, s.shape, s.position(image_size)) for s in scene)
 
 
-def _too_close(a: ShapeSpec, b: ShapeSpec) -> bool:
+def too_close(a: ShapeSpec, b: ShapeSpec) -> bool:
     """Whether the bounding boxes of `a` and `b` are fewer than GAP pixels apart."""
     apart_y = a.top + a.size + GAP <= b.top or b.top + b.size + GAP <= a.top
     apart_x = a.left + a.size + GAP <= b.left or b.left + b.size + GAP <= a.left

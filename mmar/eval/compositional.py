@@ -51,8 +51,7 @@ in a wrong column and no wrong object count. Moving one setting to the next valu
 (seed 40 / 60: 585 / 584, coverage 0.2 / 0.3: 585 / 582, skewness -0.2 / -0.3: 584 / 583, kurtosis
 ratio 0.70 / 0.76: 582 / 584, dimming 0.75 / 0.85 / 1: 580 / 587 / 586), and the decoded colours
 measured on the even-indexed scenes alone recover 294 of the 300 odd-indexed ones, as the full
-measurement does. The fill-ratio rule (`classify_shape`) is exact on ground-truth renders only and is
-kept for reference; the detector does not use it.
+measurement does.
 
 Prompts (`benchmark_prompts`), in the dataset's caption grammar, split into "held_out" (some group's
 (colour, shape, column) triple is `held_out`) and "seen":
@@ -97,13 +96,13 @@ from mmar.data.shapes import (
     Group,
     Scene,
     ShapeSpec,
-    _too_close,
     format_caption,
     held_out,
     parse_caption,
     render_scene,
     shape_mask,
     size_range,
+    too_close,
 )
 from mmar.errors import ConfigError
 
@@ -123,8 +122,6 @@ SQUARE_KURTOSIS = 0.73  # else square when the diagonal / axial kurtosis ratio i
 COVERAGE = 0.25  # a pixel is in an object's mask (for its box) when it carries this fraction of its colour
 SIZE_STEPS = (0, -1, 1, -2)  # template sides tried, added to the mask's longer side (ties: the first)
 SHIFTS = (0, -1, 1)  # template placements tried around the mask's box centre, per axis (ties: the first)
-SQUARE_FILL = 0.925  # fill ratio above which a component is a square (circles <= 0.852, squares 1.0)
-CIRCLE_FILL = 0.70  # fill ratio above which a non-square is a circle (triangles <= 0.625, circles >= 0.778)
 # The palette as the project's VQ tokenizer decodes it: per colour, the median over the objects of the
 # validation reconstructions of `object_color`'s statistic (see the module docstring).
 DECODED_COLORS = {
@@ -199,14 +196,6 @@ def to_rgb(image: torch.Tensor | np.ndarray) -> np.ndarray:
 def min_area(image_size: int) -> int:
     """Fewest seed pixels of a detected object: a quarter of the smallest shape (a triangle) of the data."""
     return max(1, int(MIN_AREA_FRACTION * shape_mask("triangle", size_range(image_size)[0]).sum()))
-
-
-def classify_shape(fill: float) -> str:
-    """The shape whose fill ratio (object pixels / bounding-box pixels) `fill` matches; exact on
-    ground-truth renders only (the detector uses `shape_moments` instead, see the module docstring)."""
-    if fill >= SQUARE_FILL:
-        return "square"
-    return "circle" if fill >= CIRCLE_FILL else "triangle"
 
 
 def object_color(pixels: np.ndarray) -> tuple[str, np.ndarray]:
@@ -544,7 +533,7 @@ def prompt_scene(prompt: Prompt | Sequence[Group], image_size: int, rng: np.rand
                 break
             scene += stack
         else:
-            if not any(_too_close(a, b) for i, a in enumerate(scene) for b in scene[i + 1 :]):
+            if not any(too_close(a, b) for i, a in enumerate(scene) for b in scene[i + 1 :]):
                 return sorted(scene, key=lambda s: (2 * s.left + s.size, 2 * s.top + s.size))
     raise ConfigError(f"could not place the groups {list(groups)} in a {image_size}x{image_size} image")
 

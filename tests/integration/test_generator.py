@@ -19,6 +19,22 @@ def trained(debug_generator):
     return debug_generator
 
 
+def test_checkpoint_from_before_pluggable_conditions_loads(trained, tmp_path):
+    """Checkpoints written before `condition` existed (no such hyper-parameter) load as class-conditional,
+    with the same class embedding and samples."""
+    _, ckpt = trained
+    old = torch.load(ckpt, weights_only=True)
+    old["hyper_parameters"].pop("condition")
+    torch.save(old, tmp_path / "old.ckpt")
+    loaded = load_generator(tmp_path / "old.ckpt")
+    assert type(loaded.conditioning).__name__ == "ClassCondition" and loaded.conditioning.num_classes == 10
+    new = load_generator(ckpt)
+    sampler = Sampler(seed=0, cfg_scale=2.0)
+    assert torch.equal(
+        loaded.generate(torch.tensor([3, 7]), sampler), new.generate(torch.tensor([3, 7]), sampler)
+    )
+
+
 def test_checkpoint_loads_weights_only_and_generates(trained):
     _, ckpt = trained
     loaded = load_generator(ckpt)
