@@ -145,7 +145,7 @@ def model():
 def test_next_token_prepares_and_trains_on_channel_tokens(model):
     trunk, unit, cond = model
     tokens = torch.randint(0, V, (2, 2, 3, C))
-    batch = unit.prepare(tokens, cond(torch.tensor([1, 2])))
+    batch = unit.prepare(tokens, cond(torch.tensor([1, 2])).tokens)
     assert batch.inputs.shape == (2, 6, 64) and batch.targets.shape == (2, 6, C)
     torch.testing.assert_close(batch.inputs[:, 1], unit.head.embed(tokens[:, 0, 0]), rtol=0, atol=0)
     loss = unit.loss(trunk(batch.inputs, batch.positions, batch.mask), batch)["loss"]
@@ -165,7 +165,7 @@ def test_next_token_generates_channel_tokens(model):
 
 def test_greedy_generation_is_a_fixed_point_of_teacher_forcing(model):
     trunk, unit, cond = model
-    c = cond(torch.tensor([4, 7]))  # (B, 1, D)
+    c = cond(torch.tensor([4, 7])).tokens  # (B, 1, D)
     tokens = unit.generate(trunk, c, (2, 3), Sampler(temperature=0.0))  # (B, 2, 3, C)
     batch = unit.prepare(tokens, c)
     hidden = trunk(batch.inputs, batch.positions, batch.mask)[:, 0:]  # cond position predicts token 0

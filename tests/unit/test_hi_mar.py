@@ -41,7 +41,7 @@ def test_pivot_windows_of_a_rectangular_grid():
 def test_training_packs_both_phases_into_one_sequence():
     _, unit, cond = setup()
     x = torch.randn(256, *GRID, C)
-    batch = unit.prepare(x, cond(torch.zeros(256, dtype=torch.long)))
+    batch = unit.prepare(x, cond(torch.zeros(256, dtype=torch.long)).tokens)
     p, n = unit.num_pivots, 16
     pooled = unit.pool(x)
     torch.testing.assert_close(batch.targets, torch.cat([pooled, pooled, x.flatten(1, 2)], dim=1))
@@ -59,7 +59,7 @@ def test_training_packs_both_phases_into_one_sequence():
 def test_each_phase_of_training_equals_its_generation_pass():
     trunk, unit, cond = setup()
     x = torch.randn(3, *GRID, C)
-    c = cond(torch.tensor([1, 2, 3]))
+    c = cond(torch.tensor([1, 2, 3])).tokens
     batch = unit.prepare(x, c)
     hidden = trunk(batch.inputs, batch.positions, batch.mask)  # (B, 1 + 2P + N, D)
     p, targets, masked = unit.num_pivots, batch.targets, batch.extras["masked"]
@@ -74,7 +74,7 @@ def test_loss_sums_the_two_phases_means():
     # the pivots' few tokens are one mean, the dense tokens' many another: the pivots' gradient does not
     # shrink with the number of dense tokens
     trunk, unit, cond = setup(head_batch_mul=1)
-    batch = unit.prepare(torch.randn(16, *GRID, C), cond(torch.zeros(16, dtype=torch.long)))
+    batch = unit.prepare(torch.randn(16, *GRID, C), cond(torch.zeros(16, dtype=torch.long)).tokens)
     hidden = trunk(batch.inputs, batch.positions, batch.mask)
     predicted, p = batch.extras["predicted"], unit.num_pivots
     torch.manual_seed(1)
@@ -95,7 +95,7 @@ def test_generation_makes_pivots_then_dense_tokens():
     unit.head.sample = lambda z, *args: rows.append(len(z)) or sample(z, *args)
     lengths = []
     trunk.register_forward_hook(lambda module, args, out: lengths.append(args[0].shape[1]))
-    out = unit.generate(trunk, cond(torch.tensor([1, 2])), GRID, Sampler(seed=0))
+    out = unit.generate(trunk, cond(torch.tensor([1, 2])).tokens, GRID, Sampler(seed=0))
     assert out.shape == (2, *GRID, C) and len(lengths) == unit.num_steps(GRID) == 2 + 3
     assert lengths == [1 + 4] * 2 + [1 + 4 + 16] * 3  # phase 1 over [cond, pivots], then with the dense
     assert sum(rows[:2]) == 2 * 4 and sum(rows[2:]) == 2 * 16  # the pivots' steps, then the dense ones

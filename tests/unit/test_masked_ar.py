@@ -49,7 +49,7 @@ def test_mask_ratio_is_the_truncated_normal_on_07_1():
 
 def test_prepare_masks_ceil_r_n_tokens_with_the_mask_embedding():
     trunk, unit, cond = setup()
-    x, c = torch.randn(3, *GRID, C), cond(torch.tensor([1, 2, 3]))
+    x, c = torch.randn(3, *GRID, C), cond(torch.tensor([1, 2, 3])).tokens
     batch = unit.prepare(x, c)
     masked = batch.extras["masked"]
     counts = masked.sum(1)
@@ -91,14 +91,14 @@ def test_generation_reveals_on_schedule_with_guidance_linear_in_the_revealed_fra
 def test_discrete_tokens_and_bad_settings_are_config_errors():
     _, unit, cond = setup()
     with pytest.raises(ConfigError, match="continuous tokens"):
-        unit.prepare(torch.zeros(1, *GRID, dtype=torch.long), cond(torch.tensor([0])))
+        unit.prepare(torch.zeros(1, *GRID, dtype=torch.long), cond(torch.tensor([0])).tokens)
     with pytest.raises(ConfigError, match="steps, head_steps, head_batch_mul >= 1"):
         setup(steps=0)
 
 
 def test_padding_is_never_masked_attended_or_generated():
     trunk, unit, cond = setup(steps=4)
-    x, c = torch.randn(2, *GRID, C), cond(torch.tensor([1, 2]))
+    x, c = torch.randn(2, *GRID, C), cond(torch.tensor([1, 2])).tokens
     valid = torch.zeros(2, 16, dtype=torch.bool)
     valid[0, :10], valid[1, :5] = True, True  # 10 and 5 real tokens, then padding
     torch.manual_seed(1)
@@ -130,7 +130,7 @@ def test_discrete_tokens_with_a_token_head(head, head_kwargs, shape):
         "masked_ar", d_model=D, grid=GRID, vocab_size=11, head=head, head_kwargs=head_kwargs, steps=4
     ).eval()
     ids = torch.randint(0, 11, (2, *GRID, *shape))
-    batch = unit.prepare(ids, cond(torch.tensor([3, 4])))
+    batch = unit.prepare(ids, cond(torch.tensor([3, 4])).tokens)
     loss = unit.loss(trunk(batch.inputs, batch.positions, batch.mask), batch)["loss"]
     assert torch.isfinite(loss) and loss > 0
     out = unit.generate(

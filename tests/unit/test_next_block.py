@@ -42,7 +42,7 @@ def test_block_order_groups_each_block_in_raster_order():
 @pytest.mark.parametrize("grid, block", [((4, 4), [2, 2]), ((3, 4), "row"), ((2, 2, 3), "frame")])
 def test_mask_and_targets_follow_the_definition(grid, block):
     _, unit, cond = setup(grid, block)
-    tokens, c = torch.randint(0, V, (2, *grid)), cond(torch.tensor([1, 2]))
+    tokens, c = torch.randint(0, V, (2, *grid)), cond(torch.tensor([1, 2])).tokens
     batch = unit.prepare(tokens, c)
     n, s = unit.seq_len, unit.block_size
     assert batch.inputs.shape == (2, n, D) and batch.targets.shape == (2, n)
@@ -65,7 +65,7 @@ def test_block_size_one_is_next_token():
     torch.nn.init.zeros_(unit.slot_embedding)
     next_token = build_unit("next_token", d_model=D, grid=(3, 4), vocab_size=V)
     next_token.load_state_dict(unit.state_dict(), strict=False)
-    tokens, c = torch.randint(0, V, (3, 3, 4)), cond(torch.tensor([0, 4, 9]))
+    tokens, c = torch.randint(0, V, (3, 3, 4)), cond(torch.tensor([0, 4, 9])).tokens
     ours, theirs = unit.prepare(tokens, c), next_token.prepare(tokens, c)
     torch.testing.assert_close(ours.inputs, theirs.inputs, rtol=0, atol=0)
     assert torch.equal(ours.positions, theirs.positions)
@@ -77,7 +77,7 @@ def test_block_size_one_is_next_token():
 @pytest.mark.parametrize("grid, block", [((4, 4), [2, 2]), ((2, 2, 3), "frame")])
 def test_cached_block_decoding_equals_the_full_forward(grid, block):
     trunk, unit, cond = setup(grid, block)
-    tokens, c = torch.randint(0, V, (2, *grid)), cond(torch.tensor([3, 7]))
+    tokens, c = torch.randint(0, V, (2, *grid)), cond(torch.tensor([3, 7])).tokens
     batch = unit.prepare(tokens, c)
     full = trunk(batch.inputs, batch.positions, batch.mask)  # (B, N, D)
     cache, s, steps = trunk.make_cache(2, unit.seq_len), unit.block_size, []
@@ -95,7 +95,7 @@ def test_cached_block_decoding_equals_the_full_forward(grid, block):
 
 def test_greedy_generation_is_a_fixed_point_of_teacher_forcing():
     trunk, unit, cond = setup((4, 4), [2, 2])
-    c = cond(torch.tensor([5]))
+    c = cond(torch.tensor([5])).tokens
     tokens = unit.generate(trunk, c, (4, 4), Sampler(temperature=0.0))
     batch = unit.prepare(tokens, c)
     logits = unit.head(trunk(batch.inputs, batch.positions, batch.mask))  # (1, N, V)

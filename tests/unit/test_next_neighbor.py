@@ -27,7 +27,7 @@ def setup(grid):
 @pytest.mark.parametrize("grid", [(3, 4), (2, 3, 3)])
 def test_proximity_mask_matches_its_definition(grid):
     _, unit, cond = setup(grid)
-    batch = unit.prepare(torch.randint(0, V, (1, *grid)), cond(torch.tensor([0])))
+    batch = unit.prepare(torch.randint(0, V, (1, *grid)), cond(torch.tensor([0])).tokens)
     coords, n = grid_positions(grid).tolist(), unit.seq_len
     expected = torch.zeros(n + 1, n + 1, dtype=torch.bool)
     expected[:, 0] = True  # everything sees the condition; it sees only itself
@@ -44,7 +44,7 @@ def test_num_steps_follows_the_paper(grid, steps):
 
 def test_loss_is_the_mean_over_every_neighbour_pair():
     trunk, unit, cond = setup((3, 4))
-    tokens, c = torch.randint(0, V, (2, 3, 4)), cond(torch.tensor([1, 6]))
+    tokens, c = torch.randint(0, V, (2, 3, 4)), cond(torch.tensor([1, 6])).tokens
     batch = unit.prepare(tokens, c)
     hidden = trunk(batch.inputs, batch.positions, batch.mask)
     terms = [F.cross_entropy(unit.head(hidden[:, 0]), tokens[:, 0, 0], reduction="none")]
@@ -63,7 +63,7 @@ def test_loss_is_the_mean_over_every_neighbour_pair():
 @pytest.mark.parametrize("grid", [(4, 4), (2, 3, 3)])
 def test_diagonal_cached_decoding_equals_the_full_forward(grid):
     trunk, unit, cond = setup(grid)
-    tokens, c = torch.randint(0, V, (2, *grid)), cond(torch.tensor([2, 8]))
+    tokens, c = torch.randint(0, V, (2, *grid)), cond(torch.tensor([2, 8])).tokens
     batch = unit.prepare(tokens, c)
     full = trunk(batch.inputs, batch.positions, batch.mask)[:, 1:]  # (B, N, D) raster order
     steps = unit.num_steps(grid)
@@ -80,7 +80,7 @@ def test_diagonal_cached_decoding_equals_the_full_forward(grid):
 @pytest.mark.parametrize("grid", [(4, 4), (2, 3, 3)])
 def test_greedy_generation_is_the_argmax_of_averaged_teacher_forced_logits(grid):
     trunk, unit, cond = setup(grid)
-    c = cond(torch.tensor([4, 9]))
+    c = cond(torch.tensor([4, 9])).tokens
     tokens = unit.generate(trunk, c, grid, Sampler(temperature=0.0))
     batch = unit.prepare(tokens, c)
     hidden = trunk(batch.inputs, batch.positions, batch.mask)[:, 1:]  # (B, N, D)
@@ -105,4 +105,4 @@ def test_errors():
         build_unit("next_neighbor", d_model=D, grid=(16,), vocab_size=V)
     _, unit, cond = setup((2, 2))
     with pytest.raises(ConfigError, match="one id per grid cell"):
-        unit.prepare(torch.zeros(1, 2, 2, 4, dtype=torch.long), cond(torch.tensor([0])))
+        unit.prepare(torch.zeros(1, 2, 2, 4, dtype=torch.long), cond(torch.tensor([0])).tokens)

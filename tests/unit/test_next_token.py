@@ -25,7 +25,7 @@ def model():
 def test_kv_cached_logits_equal_full_forward(model):
     trunk, unit, cond = model
     tokens = torch.randint(0, 33, (3, *GRID))
-    c = cond(torch.tensor([1, 4, 7]))  # (B, 1, D)
+    c = cond(torch.tensor([1, 4, 7])).tokens  # (B, 1, D)
     batch = unit.prepare(tokens, c)
     full_logits = unit.head(trunk(batch.inputs, batch.positions, batch.mask))  # (B, N, V)
 
@@ -50,7 +50,7 @@ def test_cached_and_uncached_generation_agree(model):
 def test_layout_condition_predicts_first_token(model):
     trunk, unit, cond = model
     tokens = torch.randint(0, 33, (2, *GRID))
-    batch = unit.prepare(tokens, cond(torch.tensor([1, 2])))
+    batch = unit.prepare(tokens, cond(torch.tensor([1, 2])).tokens)
     assert batch.inputs.shape == (2, 20, 64)  # cond + N - 1
     assert torch.equal(batch.targets, tokens.flatten(1))
     assert torch.equal(batch.positions[0], torch.zeros(2, dtype=torch.long))  # zero rotation on cond
@@ -60,7 +60,7 @@ def test_layout_condition_predicts_first_token(model):
     hidden = trunk(batch.inputs, batch.positions, batch.mask)
     tokens2 = tokens.clone()
     tokens2[:, 2:] = (tokens2[:, 2:] + 1) % 33
-    b2 = unit.prepare(tokens2, cond(torch.tensor([1, 2])))
+    b2 = unit.prepare(tokens2, cond(torch.tensor([1, 2])).tokens)
     assert torch.equal(trunk(b2.inputs, b2.positions, b2.mask)[:, :11], hidden[:, :11])
 
 
@@ -78,7 +78,7 @@ def test_loss_trains_down(model):
     tokens, labels = torch.randint(0, 33, (4, *GRID)), torch.arange(4)
     losses = []
     for _ in range(30):
-        batch = unit.prepare(tokens, cond(labels))
+        batch = unit.prepare(tokens, cond(labels).tokens)
         loss = unit.loss(trunk(batch.inputs, batch.positions, batch.mask), batch)["loss"]
         opt.zero_grad()
         loss.backward()
@@ -90,7 +90,7 @@ def test_loss_trains_down(model):
 def test_bad_grid_and_unknown_unit(model):
     trunk, unit, cond = model
     with pytest.raises(ConfigError, match="do not match the generator's grid"):
-        unit.prepare(torch.randint(0, 33, (2, 4, 4)), cond(torch.tensor([0, 1])))
+        unit.prepare(torch.randint(0, 33, (2, 4, 4)), cond(torch.tensor([0, 1])).tokens)
     with pytest.raises(ConfigError, match="cannot generate on grid"):
         unit.generate(trunk, cond.for_sampling(torch.tensor([0]), False).tokens, (8, 8), Sampler())
     with pytest.raises(ConfigError, match="unknown prediction unit 'next_pixel'"):

@@ -57,7 +57,7 @@ def test_bad_entities_are_config_errors(kwargs, match):
 
 def test_noisy_context_inputs_targets_and_mask():
     trunk, unit, cond = setup(entity="cell", size=2)
-    x, c = torch.randn(2, 4, 4, C), cond(torch.tensor([1, 2]))
+    x, c = torch.randn(2, 4, 4, C), cond(torch.tensor([1, 2])).tokens
     batch = unit.prepare(x, c)
     t, x_t = batch.extras["t"], batch.extras["x_t"]  # (B, N), (B, N, C) entity-major
     assert (t.view(2, 4, 4) == t.view(2, 4, 4)[:, :, :1]).all()  # one time per entity
@@ -94,7 +94,7 @@ def test_num_steps_follows_the_paper():
 def test_discrete_tokens_are_rejected():
     _, unit, cond = setup()
     with pytest.raises(ConfigError, match="continuous tokens"):
-        unit.prepare(torch.zeros(1, 4, 4, dtype=torch.long), cond(torch.tensor([0])))
+        unit.prepare(torch.zeros(1, 4, 4, dtype=torch.long), cond(torch.tensor([0])).tokens)
 
 
 def test_scale_entities_are_area_pyramids_at_cell_centres():
@@ -109,7 +109,7 @@ def test_scale_entities_are_area_pyramids_at_cell_centres():
     assert positions[1].tolist() == [1.5, 1.5] and positions[2].tolist() == [0.5, 0.5]
     assert positions[-1].tolist() == [3.0, 3.0]
     assert entities.tolist() == [-1] + [0] + [1] * 4 + [2] * 16
-    batch = unit.prepare(x, cond(torch.tensor([1, 2])))
+    batch = unit.prepare(x, cond(torch.tensor([1, 2])).tokens)
     assert batch.inputs.shape[1] == 22 and batch.targets.shape == (2, 21, C)
     loss = unit.loss(trunk(batch.inputs, batch.positions, batch.mask), batch)["loss"]
     assert torch.isfinite(loss)

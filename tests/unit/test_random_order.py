@@ -42,7 +42,7 @@ def test_identity_order_gives_the_next_token_loss(model):
     next_token = build_unit("next_token", d_model=D, grid=GRID, vocab_size=V)
     next_token.load_state_dict(unit.state_dict(), strict=False)  # the same token head
     torch.nn.init.zeros_(unit.target_embedding.weight)  # RAR without its extra embedding
-    tokens, c = torch.randint(0, V, (3, *GRID)), cond(torch.tensor([1, 5, 8]))
+    tokens, c = torch.randint(0, V, (3, *GRID)), cond(torch.tensor([1, 5, 8])).tokens
     raster = torch.arange(12).expand(3, 12)
     ours, theirs = unit.prepare(tokens, c, orders=raster), next_token.prepare(tokens, c)
     torch.testing.assert_close(ours.inputs, theirs.inputs, rtol=0, atol=0)
@@ -53,7 +53,7 @@ def test_identity_order_gives_the_next_token_loss(model):
 
 def test_tokens_positions_and_targets_follow_the_permutation(model):
     _, unit, cond = model
-    tokens, c = torch.randint(0, V, (2, *GRID)), cond(torch.tensor([0, 3]))
+    tokens, c = torch.randint(0, V, (2, *GRID)), cond(torch.tensor([0, 3])).tokens
     orders = torch.stack([torch.randperm(12), torch.randperm(12)])
     batch = unit.prepare(tokens, c, orders=orders)
     flat, grid, ta = tokens.flatten(1), grid_positions(GRID), unit.target_embedding.weight
@@ -71,7 +71,7 @@ def test_tokens_positions_and_targets_follow_the_permutation(model):
 
 def test_training_permutes_until_annealed_and_evaluation_is_raster(model):
     _, unit, cond = model
-    tokens, c = torch.randint(0, V, (64, *GRID)), cond(torch.zeros(64, dtype=torch.long))
+    tokens, c = torch.randint(0, V, (64, *GRID)), cond(torch.zeros(64, dtype=torch.long)).tokens
     raster = torch.arange(12).expand(64, 12)
     assert torch.equal(unit.prepare(tokens, c).extras["orders"], raster)  # eval mode
     unit.train()
@@ -83,7 +83,7 @@ def test_training_permutes_until_annealed_and_evaluation_is_raster(model):
 
 def test_generation_feeds_what_raster_training_sees(model):
     trunk, unit, cond = model
-    tokens, c = torch.randint(0, V, (2, *GRID)), cond(torch.tensor([2, 4]))
+    tokens, c = torch.randint(0, V, (2, *GRID)), cond(torch.tensor([2, 4])).tokens
     batch = unit.prepare(tokens, c)  # eval mode: raster order
     fed = [unit.add_target_embedding(c, 0, 1)]  # what generate feeds: cond, then one token per step
     fed += [
