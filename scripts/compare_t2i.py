@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from mmar.eval.compositional import SPLITS, TASKS, benchmark_prompts, render_prompt, score_images
-from mmar.eval.report import merge_rows, recipe_checkpoint, train_recipe, write_marked
+from mmar.eval.report import merge_rows, train_and_score, write_marked
 from tokenizers_visual import load_tokenizer
 
 TOKENIZER = "runs/t2i/vq/tokenizer"
@@ -98,16 +95,8 @@ def main(argv=None) -> None:
     p.add_argument("--docs", default="docs/t2i.md")
     args = p.parse_args(argv)
     rows = [tokenizer_ceiling(args.tokenizer, args.per_prompt)] if Path(args.tokenizer).is_dir() else []
-    for config in args.recipes:
-        ckpt = recipe_checkpoint(yaml.safe_load(Path(config).read_text()))
-        seconds = None if args.skip_training else train_recipe(config, args.budget_minutes, args.steps, ckpt)
-        if not ckpt.is_file():
-            print(f"skipping {config}: no checkpoint at {ckpt} (train it first)", file=sys.stderr)
-            continue
-        row = {"recipe": config, **score(ckpt, Path(args.out) / Path(config).stem, args)}
-        row["train_seconds"] = seconds  # None with --skip-training: the earlier run's time is kept
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    scorer = lambda config, ckpt: score(ckpt, Path(args.out) / Path(config).stem, args)
+    rows += train_and_score(args.recipes, scorer, args.budget_minutes, args.steps, args.skip_training)
     rows = merge_rows(rows, Path(args.docs).with_suffix(".json"), "recipe", RECIPES, carry=["train_seconds"])
     table = markdown(rows)
     print(table)

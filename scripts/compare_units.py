@@ -18,16 +18,13 @@ the classifier-feature Fréchet distance (not Inception FID). Forward passes per
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from mmar.eval.embedded import DigitsMetrics
-from mmar.eval.report import merge_rows, recipe_checkpoint, train_recipe, write_marked
+from mmar.eval.report import merge_rows, train_and_score, write_marked
 from mmar.lit.loading import load_generator
 from mmar.sampling import Sampler
 
@@ -88,18 +85,9 @@ def main(argv=None) -> None:
     p.add_argument("--top-k", type=int, default=0, help="discrete units only")
     p.add_argument("--docs", default="docs/units.md")
     args = p.parse_args(argv)
-    metrics, rows = DigitsMetrics(image_size=32), []
-    for config in args.recipes:
-        recipe = yaml.safe_load(Path(config).read_text())
-        ckpt = recipe_checkpoint(recipe)
-        seconds = None if args.skip_training else train_recipe(config, args.budget_minutes, args.steps, ckpt)
-        if not ckpt.is_file():
-            print(f"skipping {config}: no checkpoint at {ckpt} (train it first)", file=sys.stderr)
-            continue
-        row = {"recipe": config, **score(ckpt, args, metrics)}
-        row["train_seconds"] = seconds  # None with --skip-training: the earlier run's time is kept
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    metrics = DigitsMetrics(image_size=32)
+    scorer = lambda config, ckpt: score(ckpt, args, metrics)
+    rows = train_and_score(args.recipes, scorer, args.budget_minutes, args.steps, args.skip_training)
     rows = merge_rows(rows, Path(args.docs).with_suffix(".json"), "recipe", RECIPES, carry=["train_seconds"])
     table = markdown(rows)
     print(table)

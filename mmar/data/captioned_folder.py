@@ -34,13 +34,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import Dataset
 
 from mmar.data.base import SplitDataModule
-from mmar.data.image_folder import _UNREADABLE, center_crop_arr, collate_skip_none, is_image_file
+from mmar.data.image_folder import ImageFiles, collate_skip_none, is_image_file
 from mmar.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -156,7 +153,7 @@ def read_manifest(manifest: str | os.PathLike, strict: bool = False) -> Listing:
     return samples, dropped
 
 
-class CaptionedImageFolderDataset(Dataset):
+class CaptionedImageFolderDataset(ImageFiles):
     """Captioned images; each item is {"image": [C, S, S] in [-1, 1], "caption": str}, or None if corrupt.
 
     Give exactly one of `root` (sidecar layout) or `manifest` (JSON lines); see the module docstring.
@@ -187,8 +184,7 @@ class CaptionedImageFolderDataset(Dataset):
             raise ConfigError(
                 f"give exactly one of root (got {root!r}) or manifest (got {manifest!r}); {LAYOUT_HINT}"
             )
-        if channels not in (1, 3):
-            raise ConfigError(f"channels={channels} is not supported; use 3 (RGB) or 1 (grey)")
+        super().__init__(image_size, channels, strict, random_flip)
         source = f"root='{root}'" if root is not None else f"manifest='{manifest}'"
         if root is not None:
             self.samples, dropped = list_sidecar_folder(root, strict)
@@ -207,16 +203,6 @@ class CaptionedImageFolderDataset(Dataset):
                 dropped[:3],
             )
         self.num_uncaptioned = len(dropped)
-        self.image_size = image_size
-        self.channels = channels
-        self.strict = strict
-        self.random_flip = random_flip
-        self.skipped_paths: set[str] = set()
-
-    @property
-    def num_skipped(self) -> int:
-        """Number of distinct images skipped as unreadable so far (in this process)."""
-        return len(self.skipped_paths)
 
     def subset(self, indices: Sequence[int], random_flip: bool | None = None) -> CaptionedImageFolderDataset:
         """A dataset over `samples[indices]` sharing this one's settings (`random_flip` may differ)."""
@@ -227,37 +213,8 @@ class CaptionedImageFolderDataset(Dataset):
             other.random_flip = random_flip
         return other
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> dict | None:
-        path, caption = self.samples[index]
-        try:
-            arr = self._load(path)  # uint8 [S, S] or [S, S, 3]
-        except _UNREADABLE as err:
-            return self._skip(path, err)
-        image = torch.from_numpy(arr.copy()).float() / 127.5 - 1  # [S, S(, C)] in [-1, 1]
-        image = image[None] if image.ndim == 2 else image.permute(2, 0, 1)  # [C, S, S]
-        if self.random_flip and torch.rand(()) < 0.5:
-            image = image.flip(-1)
-        return {"image": image.contiguous(), "caption": caption}
-
-    def _load(self, path: str) -> np.ndarray:
-        with Image.open(path) as img:
-            img.load()  # decode now, so truncated files fail here
-            img = img.convert("L" if self.channels == 1 else "RGB")
-        return center_crop_arr(img, self.image_size)
-
-    def _skip(self, path: str, err: Exception) -> None:
-        if self.strict:
-            raise ConfigError(
-                f"unreadable image '{path}' ({type(err).__name__}: {err}); remove or replace the file, "
-                "or set strict=False to skip unreadable files"
-            ) from err
-        if path not in self.skipped_paths:
-            self.skipped_paths.add(path)
-            log.warning("skipping unreadable image '%s' (%s: %s)", path, type(err).__name__, err)
-        return None
+    def fields(self, caption: str) -> dict:
+        return {"caption": caption}
 
 
 class CaptionedImageFolderDataModule(SplitDataModule):

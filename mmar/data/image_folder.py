@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,7 +93,72 @@ def collate_skip_none(batch: list[dict | None]) -> dict[str, torch.Tensor] | Non
     return default_collate(batch) if batch else None
 
 
-class ImageFolderDataset(Dataset):
+class ImageFiles(Dataset):
+    """Image files read as ADM does (centre crop, [-1, 1]); an unreadable file gives None, is counted and
+    warned about once (or raises with `strict`). Subclasses set `samples` [(path, target)] and say what a
+    target adds to an item (`fields`).
+
+    Args:
+        image_size: side of the square output images.
+        channels: 3 (RGB) or 1 (grey, PIL mode "L").
+        strict: raise ConfigError on an unreadable file instead of skipping it.
+        random_flip: horizontal flip with probability 0.5 (training augmentation).
+    """
+
+    samples: list[tuple[str, Any]]
+
+    def __init__(self, image_size: int, channels: int, strict: bool, random_flip: bool):
+        if channels not in (1, 3):
+            raise ConfigError(f"channels={channels} is not supported; use 3 (RGB) or 1 (grey)")
+        self.image_size = image_size
+        self.channels = channels
+        self.strict = strict
+        self.random_flip = random_flip
+        self.skipped_paths: set[str] = set()
+
+    @property
+    def num_skipped(self) -> int:
+        """Number of distinct files skipped as unreadable so far (in this process)."""
+        return len(self.skipped_paths)
+
+    def fields(self, target) -> dict:
+        """What a sample's target adds to its item, e.g. {"label": ...}."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict | None:
+        path, target = self.samples[index]
+        try:
+            arr = self._load(path)  # uint8 [S, S] or [S, S, 3]
+        except _UNREADABLE as err:
+            return self._skip(path, err)
+        image = torch.from_numpy(arr.copy()).float() / 127.5 - 1  # [S, S(, C)] in [-1, 1]
+        image = image[None] if image.ndim == 2 else image.permute(2, 0, 1)  # [C, S, S]
+        if self.random_flip and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        return {"image": image.contiguous(), **self.fields(target)}
+
+    def _load(self, path: str) -> np.ndarray:
+        with Image.open(path) as img:
+            img.load()  # decode now, so truncated files fail here
+            img = img.convert("L" if self.channels == 1 else "RGB")
+        return center_crop_arr(img, self.image_size)
+
+    def _skip(self, path: str, err: Exception) -> None:
+        if self.strict:
+            raise ConfigError(
+                f"unreadable image '{path}' ({type(err).__name__}: {err}); remove or replace the file, "
+                "or set strict=False to skip unreadable files"
+            ) from err
+        if path not in self.skipped_paths:
+            self.skipped_paths.add(path)
+            log.warning("skipping unreadable image '%s' (%s: %s)", path, type(err).__name__, err)
+        return None
+
+
+class ImageFolderDataset(ImageFiles):
     """Images from `root/<class_name>/*`; each item is {"image": [C, S, S] in [-1, 1], "label": long}.
 
     Args:
@@ -114,8 +180,7 @@ class ImageFolderDataset(Dataset):
         strict: bool = False,
         random_flip: bool = False,
     ):
-        if channels not in (1, 3):
-            raise ConfigError(f"channels={channels} is not supported; use 3 (RGB) or 1 (grey)")
+        super().__init__(image_size, channels, strict, random_flip)
         self.root = Path(root)
         found = find_classes(root)
         if classes is not None:
@@ -129,48 +194,9 @@ class ImageFolderDataset(Dataset):
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         present = [name for name in self.classes if name in found]
         self.samples = [(p, self.class_to_idx[present[label]]) for p, label in list_images(root, present)]
-        self.image_size = image_size
-        self.channels = channels
-        self.strict = strict
-        self.random_flip = random_flip
-        self.skipped_paths: set[str] = set()
 
-    @property
-    def num_skipped(self) -> int:
-        """Number of distinct files skipped as unreadable so far (in this process)."""
-        return len(self.skipped_paths)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor] | None:
-        path, label = self.samples[index]
-        try:
-            arr = self._load(path)  # uint8 [S, S] or [S, S, 3]
-        except _UNREADABLE as err:
-            return self._skip(path, err)
-        image = torch.from_numpy(arr.copy()).float() / 127.5 - 1  # [S, S(, C)] in [-1, 1]
-        image = image[None] if image.ndim == 2 else image.permute(2, 0, 1)  # [C, S, S]
-        if self.random_flip and torch.rand(()) < 0.5:
-            image = image.flip(-1)
-        return {"image": image.contiguous(), "label": torch.tensor(label, dtype=torch.long)}
-
-    def _load(self, path: str) -> np.ndarray:
-        with Image.open(path) as img:
-            img.load()  # decode now, so truncated files fail here
-            img = img.convert("L" if self.channels == 1 else "RGB")
-        return center_crop_arr(img, self.image_size)
-
-    def _skip(self, path: str, err: Exception) -> None:
-        if self.strict:
-            raise ConfigError(
-                f"unreadable image '{path}' ({type(err).__name__}: {err}); remove or replace the file, "
-                "or set strict=False to skip unreadable files"
-            ) from err
-        if path not in self.skipped_paths:
-            self.skipped_paths.add(path)
-            log.warning("skipping unreadable image '%s' (%s: %s)", path, type(err).__name__, err)
-        return None
+    def fields(self, label: int) -> dict:
+        return {"label": torch.tensor(label, dtype=torch.long)}
 
 
 class ImageFolderDataModule(SplitDataModule):

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import yaml
 
 
 def recipe_checkpoint(recipe: dict) -> Path:
@@ -31,6 +34,29 @@ def train_recipe(config: str, budget_minutes: float, steps: int | None, ckpt: Pa
     command += [f"--trainer.max_steps={steps}"] if steps else []
     subprocess.run(command, check=True)
     return time.perf_counter() - start
+
+
+def train_and_score(
+    recipes: Sequence[str],
+    score: Callable[[str, Path], dict],
+    budget_minutes: float,
+    steps: int | None = None,
+    skip_training: bool = False,
+) -> list[dict]:
+    """Per recipe: train it (`train_recipe`, unless `skip_training`), then `score(recipe, checkpoint)`;
+    rows {"recipe", **score, "train_seconds"} (None when not trained now), printed as JSON lines. A
+    recipe without a checkpoint is reported and left out."""
+    rows = []
+    for config in recipes:
+        ckpt = recipe_checkpoint(yaml.safe_load(Path(config).read_text()))
+        seconds = None if skip_training else train_recipe(config, budget_minutes, steps, ckpt)
+        if not ckpt.is_file():
+            print(f"skipping {config}: no checkpoint at {ckpt} (train it first)", file=sys.stderr)
+            continue
+        row = {"recipe": config, **score(config, ckpt), "train_seconds": seconds}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
 
 def merge_rows(

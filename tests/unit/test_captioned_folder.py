@@ -61,12 +61,13 @@ def test_sidecar_listing_drops_and_counts_uncaptioned(sidecar_root, caplog):
 
 def test_corrupt_image_is_skipped_and_counted(sidecar_root, caplog):
     dataset = CaptionedImageFolderDataset(sidecar_root, image_size=8)
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
+    reader = "mmar.data.image_folder"  # image files are read (and skipped) by its ImageFiles
+    with caplog.at_level(logging.WARNING, logger=reader):
         caplog.clear()
         items = [dataset[i] for i in range(len(dataset))]
         items += [dataset[i] for i in range(len(dataset))]  # second pass: counted once, warned once
     assert sum(item is None for item in items) == 2 and dataset.num_skipped == 1
-    warnings = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    warnings = [r.getMessage() for r in caplog.records if r.name == reader]
     assert len(warnings) == 1 and "e.jpg" in warnings[0]
     good = [item for item in items if item is not None]
     assert all(item["image"].shape == (3, 8, 8) and isinstance(item["caption"], str) for item in good)
