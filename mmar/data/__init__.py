@@ -1,7 +1,9 @@
-"""DataModules and datasets: embedded digits, image folders (ImageNet layout), token caches, labels.
+"""DataModules and datasets: embedded digits and shapes, image folders (ImageNet layout), captioned
+image folders, token caches, labels.
 
-Image batches are {"image": float32 [B, C, H, W] in [-1, 1], "label": long [B]}; token-cache batches
-are {"tokens": long [B, h, w], "label": long [B]}.
+Image batches are {"image": float32 [B, C, H, W] in [-1, 1], "label": long [B]}, or with "caption":
+list[str] instead of labels (captioned folders; the shapes give both); token-cache batches are
+{"tokens": long [B, h, w], "label": long [B]} and, for captions, their cached encoder states.
 """
 
 from mmar.data.captioned_folder import CaptionedImageFolderDataModule, CaptionedImageFolderDataset
