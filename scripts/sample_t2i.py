@@ -115,12 +115,12 @@ def read_prompt_file(path: str) -> list[str]:
     return prompts
 
 
-def gather_prompts(args: argparse.Namespace) -> list[str]:
-    """The benchmark's prompts, or the --prompt values then the --prompts file's, checked."""
-    if args.benchmark:
+def gather_prompts(args: argparse.Namespace, scored: list | None) -> list[str]:
+    """The benchmark's prompts (`scored`), or the --prompt values then the --prompts file's, checked."""
+    if scored is not None:
         if args.prompt or args.prompts:
             raise ConfigError("--benchmark brings its own prompts: drop --prompt / --prompts")
-        return [prompt.caption for prompt in benchmark(args)]
+        return [prompt.caption for prompt in scored]
     prompts = [check_prompt(p, f"--prompt #{n}") for n, p in enumerate(args.prompt, start=1)]
     if args.prompts:
         prompts += read_prompt_file(args.prompts)
@@ -129,13 +129,6 @@ def gather_prompts(args: argparse.Namespace) -> list[str]:
             "no prompts: pass --prompt TEXT (repeatable) and/or --prompts FILE (.txt or .jsonl)"
         )
     return prompts
-
-
-def benchmark(args: argparse.Namespace) -> list:
-    """The compositional benchmark's prompts (with their tasks) of --benchmark's split."""
-    from mmar.eval.compositional import benchmark_prompts
-
-    return benchmark_prompts(args.benchmark)
 
 
 def check_scorable(prompts: list[str]) -> None:
@@ -203,7 +196,12 @@ def run(args: argparse.Namespace) -> dict:
             raise ConfigError(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
     if args.grid_scale < 0:
         raise ConfigError(f"--grid-scale={args.grid_scale} must be >= 0 (0: automatic)")
-    prompts = gather_prompts(args)
+    scored = None  # the benchmark's prompts with their tasks
+    if args.benchmark:
+        from mmar.eval.compositional import benchmark_prompts
+
+        scored = benchmark_prompts(args.benchmark)
+    prompts = gather_prompts(args, scored)
     if args.score:
         check_scorable(prompts)
     sampler = sampler_from_arguments(args)
@@ -268,8 +266,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.score:
         from mmar.eval.compositional import score_captions, score_images
 
-        if args.benchmark:  # each prompt on its own task(s)
-            scored = benchmark(args)
+        if scored is not None:  # each prompt on its own task(s)
             metrics["compositional"] = score_images(images, [scored[i] for i in prompt_index.tolist()])
         else:
             metrics["compositional"] = score_captions(images, [prompts[i] for i in prompt_index.tolist()])
