@@ -1,4 +1,5 @@
-"""Text-to-image sampling from a generator checkpoint trained with a text condition (any prediction unit).
+"""Text-to-image sampling from a generator checkpoint trained with a text condition (any prediction unit),
+or from a unified text + image model (`StreamModule`).
 
     python scripts/sample_t2i.py --ckpt runs/t2i/next_token/checkpoints/last.ckpt \
         --prompt "a red circle on the left" --prompt "two blue squares in the middle" \
@@ -47,7 +48,7 @@ from tqdm import tqdm
 from mmar.errors import ConfigError, run_or_exit
 from mmar.eval.fid import to_uint8
 from mmar.io import atomic_write, save_npz
-from mmar.lit.loading import load_generator
+from mmar.lit.loading import is_stream_checkpoint, load_generator, load_stream
 from mmar.sampling import add_sampler_arguments, sampler_from_arguments
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -190,6 +191,24 @@ def json_safe(value):
     return value
 
 
+def load_text_to_image(ckpt: str, device: str):
+    """(model, unit name, trunk passes per image) of a text-conditional generator or a unified model."""
+    if is_stream_checkpoint(ckpt):
+        model = load_stream(ckpt, device)
+        if model.image_tokenizer is None:
+            raise ConfigError(
+                f"checkpoint '{ckpt}' is a text-only language model; sample it with scripts/sample_text.py"
+            )
+        return model, "unified (next_token)", model.image_steps
+    model = load_generator(ckpt, device)
+    if model.conditioning.batch_key != "caption":
+        raise ConfigError(
+            f"checkpoint '{ckpt}' is class-conditional ({type(model.conditioning).__name__}, it reads "
+            f"'{model.conditioning.batch_key}'), not text-to-image; sample it with scripts/sample.py"
+        )
+    return model, model.hparams.get("unit"), model.unit.num_steps(model.grid)
+
+
 def run(args: argparse.Namespace) -> dict:
     for name in ("per_prompt", "batch_size", "grid_columns", "grid_prompts"):
         if getattr(args, name) < 1:
@@ -206,12 +225,7 @@ def run(args: argparse.Namespace) -> dict:
         check_scorable(prompts)
     sampler = sampler_from_arguments(args)
 
-    model = load_generator(args.ckpt, args.device)
-    if model.conditioning.batch_key != "caption":
-        raise ConfigError(
-            f"checkpoint '{args.ckpt}' is class-conditional ({type(model.conditioning).__name__}, it reads "
-            f"'{model.conditioning.batch_key}'), not text-to-image; sample it with scripts/sample.py"
-        )
+    model, unit, passes = load_text_to_image(args.ckpt, args.device)
     if args.score and model.image_shape[0] != 3:
         raise ConfigError(f"--score needs RGB images (shapes data); this generator makes {model.image_shape}")
 
@@ -247,8 +261,8 @@ def run(args: argparse.Namespace) -> dict:
 
     metrics = {
         "checkpoint": str(args.ckpt),
-        "unit": model.hparams.get("unit"),
-        "text_encoder": getattr(model.conditioning, "encoder_name", None),
+        "unit": unit,
+        "text_encoder": getattr(getattr(model, "conditioning", None), "encoder_name", None),
         "num_prompts": len(prompts),
         "per_prompt": args.per_prompt,
         "num_images": len(images),
@@ -259,7 +273,7 @@ def run(args: argparse.Namespace) -> dict:
         "seed_rule": "image k = prompt_index * per_prompt + j uses seed + k // batch_size (one seed a batch)",
         "batch_size": args.batch_size,
         "sampler": {**asdict(sampler), "seed": args.seed},
-        "forward_passes_per_image": model.unit.num_steps(model.grid),
+        "forward_passes_per_image": passes,
         "sampling_seconds": seconds,
         "images_per_second": len(images) / seconds,
     }

@@ -1,9 +1,10 @@
 """DataModules and datasets: embedded digits and shapes, image folders (ImageNet layout), captioned
-image folders, token caches, labels.
+image folders, token caches, labels, packed text.
 
 Image batches are {"image": float32 [B, C, H, W] in [-1, 1], "label": long [B]}, or with "caption":
 list[str] instead of labels (captioned folders; the shapes give both); token-cache batches are
-{"tokens": long [B, h, w], "label": long [B]} and, for captions, their cached encoder states.
+{"tokens": long [B, h, w], "label": long [B]} and, for captions, their cached encoder states; text
+batches are {"tokens": long [B, L]} packed text ids (`TextDataModule`).
 """
 
 from mmar.data.captioned_folder import CaptionedImageFolderDataModule, CaptionedImageFolderDataset
@@ -17,6 +18,7 @@ from mmar.data.digits import (
 from mmar.data.image_folder import ImageFolderDataModule, ImageFolderDataset, collate_skip_none
 from mmar.data.labels import ClassLabelsDataModule
 from mmar.data.shapes import ShapesDataModule, ShapesDataset
+from mmar.data.text import TextDataModule, TextDataset
 from mmar.data.token_cache import (
     TokenCacheDataModule,
     TokenCacheDataset,
@@ -38,6 +40,8 @@ __all__ = [
     "MovingDigitsDataset",
     "ShapesDataModule",
     "ShapesDataset",
+    "TextDataModule",
+    "TextDataset",
     "TokenCacheDataModule",
     "TokenCacheDataset",
     "cache_tokens",

@@ -5,10 +5,11 @@ ids are stored, so generator training never runs the tokenizer. A cache is a fol
 
 - `tokens.safetensors`: "tokens" int32 [N, h, w] and "labels" int64 [N] (when the data has labels),
   optionally "images" float32 [N, C, H, W] (pairs of images and tokens, e.g. generated tokens for
-  RobusTok's decoder post-training), and for captioned data encoded with a text condition's frozen
-  encoder, each distinct caption once: "caption_embeddings" float16 [U, n, E], "caption_valid" bool
-  [U, n] and "caption_index" int64 [N] (item -> its caption), so generator training never runs the
-  text encoder either
+  RobusTok's decoder post-training); for captioned data "caption_index" int64 [N] (item -> its
+  caption), and when encoded with a text condition's frozen encoder, each distinct caption's states
+  once: "caption_embeddings" float16 [U, n, E] and "caption_valid" bool [U, n], so generator training
+  never runs the text encoder either
+- `captions.json` (captioned data): the U distinct caption strings, in `caption_index` order
 - `meta.json`: tokenizer_path, tokenizer_name, vocab_size, grid, num_items, num_classes, image_shape
   (and text_encoder, max_length for captions)
 
@@ -16,7 +17,8 @@ ids are stored, so generator training never runs the tokenizer. A cache is a fol
 `scripts/cache_tokens.py` (or `cache_tokens` from Python); serve it with `TokenCacheDataModule`.
 
 Batches: {"tokens": long [B, h, w], "label": long [B]} (and "image" [B, C, H, W] when stored;
-"caption_embedding" [B, n, E] and "caption_valid" [B, n] for captions).
+"caption": list[str] for captioned data, with "caption_embedding" [B, n, E] and "caption_valid" [B, n]
+when their encoder states were cached).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from mmar.errors import ConfigError
 from mmar.io import atomic_write
 
 TOKENS_NAME = "tokens.safetensors"
+CAPTIONS_NAME = "captions.json"
 META_NAME = "meta.json"
 INT32_MAX = 2**31 - 1
 
@@ -97,10 +100,10 @@ def cache_tokens(
             tokens.append(ids.to("cpu", torch.int32))
             if "label" in batch:
                 labels.append(batch["label"].to("cpu", torch.int64))
-            if text is not None:
-                if "caption" not in batch:
-                    raise ConfigError("a text encoder was given but the data has no captions to cache")
+            if "caption" in batch:
                 captions.extend(batch["caption"])
+            elif text is not None:
+                raise ConfigError("a text encoder was given but the data has no captions to cache")
     finally:
         tokenizer.train(was_training)
     if not tokens:
@@ -118,22 +121,24 @@ def cache_tokens(
         "num_classes": None if all_labels is None else int(all_labels.max()) + 1,
         "image_shape": image_shape,
     }
-    extra = {}
+    extra, distinct = {}, None
+    if captions:
+        distinct = sorted(set(captions))
+        index = {caption: i for i, caption in enumerate(distinct)}
+        extra["caption_index"] = torch.tensor([index[c] for c in captions], dtype=torch.int64)
+        meta["num_captions"] = len(distinct)
     if text is not None:
-        extra = embed_captions(text, captions, progress)
+        extra.update(embed_captions(text, distinct, progress))
         meta.update(
             text_encoder=text.encoder_name,
             max_length=text.max_length,
-            num_captions=len(extra["caption_valid"]),
         )
-    save_token_cache(path, all_tokens, all_labels, meta, **extra)
+    save_token_cache(path, all_tokens, all_labels, meta, captions=distinct, **extra)
     return meta
 
 
-def embed_captions(text: torch.nn.Module, captions: list[str], progress: bool, batch: int = 256) -> dict:
+def embed_captions(text: torch.nn.Module, distinct: list[str], progress: bool, batch: int = 256) -> dict:
     """Each distinct caption through the frozen encoder once: the cache's caption tensors."""
-    distinct = sorted(set(captions))
-    index = {caption: i for i, caption in enumerate(distinct)}
     hidden, valid = [], []
     for start in tqdm(range(0, len(distinct), batch), desc="embedding captions", disable=not progress):
         h, v = text.encode_text(distinct[start : start + batch])  # (b, n, E), (b, n)
@@ -142,7 +147,6 @@ def embed_captions(text: torch.nn.Module, captions: list[str], progress: bool, b
     return {
         "caption_embeddings": torch.cat(hidden),
         "caption_valid": torch.cat(valid),
-        "caption_index": torch.tensor([index[c] for c in captions], dtype=torch.int64),
     }
 
 
@@ -196,21 +200,24 @@ def save_token_cache(
     labels: torch.Tensor | None,
     meta: dict[str, Any],
     images: torch.Tensor | None = None,
-    **captions: torch.Tensor,
+    captions: list[str] | None = None,
+    **caption_tensors: torch.Tensor,
 ) -> None:
-    """Write `tokens.safetensors` then `meta.json` into `path`, each atomically; `captions` are the
-    caption_embeddings / caption_valid / caption_index tensors of `embed_captions`."""
+    """Write `tokens.safetensors` (and `captions.json`, the distinct `captions`) then `meta.json` into
+    `path`, each atomically; `caption_tensors` are caption_index and the tensors of `embed_captions`."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {
         "tokens": tokens.to(torch.int32).contiguous(),
-        **{k: v.contiguous() for k, v in captions.items()},
+        **{k: v.contiguous() for k, v in caption_tensors.items()},
     }
     if labels is not None:
         tensors["labels"] = labels.to(torch.int64).contiguous()
     if images is not None:
         tensors["images"] = images.to(torch.float32).contiguous()
     atomic_write(path / TOKENS_NAME, lambda tmp: save_file(tensors, tmp))
+    if captions is not None:
+        atomic_write(path / CAPTIONS_NAME, lambda tmp: Path(tmp).write_text(json.dumps(captions)))
     atomic_write(path / META_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
 
 
@@ -242,28 +249,39 @@ def load_token_cache(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     return tensors, meta
 
 
+def read_captions(path: str | os.PathLike) -> list[str] | None:
+    """The distinct caption strings of a captioned cache (None when the cache has no captions)."""
+    file = Path(path) / CAPTIONS_NAME
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
 ITEM_KEYS = {"tokens": "tokens", "labels": "label", "images": "image"}  # stored name -> batch key
 CAPTION_KEYS = ("caption_embeddings", "caption_valid")  # per distinct caption, looked up by caption_index
 
 
 class TokenCacheDataset(Dataset):
     """Cached ids; each item is {"tokens": long [h, w], "label"?: long scalar, "image"?: [C, H, W],
-    "caption_embedding"?: float16 [n, E], "caption_valid"?: bool [n]}."""
+    "caption"?: str, "caption_embedding"?: float16 [n, E], "caption_valid"?: bool [n]}."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor]):
+    def __init__(self, tensors: dict[str, torch.Tensor], captions: list[str] | None = None):
         self.tensors = {ITEM_KEYS[name]: value for name, value in tensors.items() if name in ITEM_KEYS}
-        self.captions = {name: tensors[name] for name in CAPTION_KEYS if name in tensors}
+        self.embeddings = {name: tensors[name] for name in CAPTION_KEYS if name in tensors}
         self.caption_index = tensors.get("caption_index")
+        self.caption_strings = captions
 
     def __len__(self) -> int:
         return len(self.tensors["tokens"])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         item = {key: value[index] for key, value in self.tensors.items()}
-        if self.caption_index is not None:
-            row = self.caption_index[index]
-            item["caption_embedding"] = self.captions["caption_embeddings"][row]
-            item["caption_valid"] = self.captions["caption_valid"][row]
+        if self.caption_index is None:
+            return item
+        row = self.caption_index[index]
+        if self.caption_strings is not None:
+            item["caption"] = self.caption_strings[row]
+        if self.embeddings:
+            item["caption_embedding"] = self.embeddings["caption_embeddings"][row]
+            item["caption_valid"] = self.embeddings["caption_valid"][row]
         return item
 
 
@@ -313,6 +331,8 @@ class TokenCacheDataModule(SplitDataModule):
         shared = {k: v for k, v in tensors.items() if k in CAPTION_KEYS}
         labels = tensors.get("labels", torch.zeros(len(tensors["tokens"]), dtype=torch.long))
         train_idx, val_idx = stratified_split(labels, self.val_fraction, self.seed)
-        self.train_dataset = TokenCacheDataset({**{k: v[train_idx] for k, v in per_item.items()}, **shared})
+        captions = read_captions(self.path)
+        train = {**{k: v[train_idx] for k, v in per_item.items()}, **shared}
+        self.train_dataset = TokenCacheDataset(train, captions)
         val = {**{k: v[val_idx] for k, v in per_item.items()}, **shared}
-        self.val_dataset = TokenCacheDataset(val) if len(val_idx) else None
+        self.val_dataset = TokenCacheDataset(val, captions) if len(val_idx) else None

@@ -432,6 +432,53 @@ def score_captions(images: torch.Tensor | np.ndarray | Sequence, captions: Seque
     return _score(images, [(groups, caption_tasks(groups)) for groups in parsed])
 
 
+CAPTION_ATTRIBUTES = ("count", "color", "shape", "position")
+
+
+def score_generated_captions(captions: Sequence[str], truths: Sequence[Sequence[Group]]) -> dict:
+    """Captioning accuracy: each generated caption, parsed with `parse_caption`, against the groups of
+    the image it describes.
+
+    Objects are compared as multisets (a group of count n is n objects): "exact" when the objects
+    (colour, shape, position) match; per attribute when the multiset of that attribute does ("count":
+    the number of objects). A caption outside the grammar is wrong on every score; "parsed" is the
+    fraction that follow it.
+
+    Raises:
+        ConfigError: the counts of captions and truths differ, or there are none.
+    """
+    if len(captions) != len(truths) or not captions:
+        raise ConfigError(f"{len(captions)} captions for {len(truths)} images: need one caption per image")
+
+    def objects(groups: Sequence[Group]) -> Counter:
+        return Counter((color, shape, where) for count, color, shape, where in groups for _ in range(count))
+
+    judgements = []
+    for caption, truth in zip(captions, truths):
+        try:
+            found = objects(parse_caption(caption))
+        except ConfigError:
+            judgements.append(dict.fromkeys(("parsed", "exact", *CAPTION_ATTRIBUTES), False))
+            continue
+        want = objects(truth)
+
+        def same(i: int, found=found, want=want) -> bool:
+            return Counter(o[i] for o in found.elements()) == Counter(o[i] for o in want.elements())
+
+        judgements.append(
+            {
+                "parsed": True,
+                "exact": found == want,
+                "count": found.total() == want.total(),
+                "color": same(0),
+                "shape": same(1),
+                "position": same(2),
+            }
+        )
+    scores = {key: float(np.mean([j[key] for j in judgements])) for key in judgements[0]}
+    return {**scores, "num_captions": len(captions)}
+
+
 def column_counts(image_size: int) -> tuple[int, ...]:
     """Counts N >= 2 for which N of the smallest shapes stacked in one column fit the image."""
     lo = size_range(image_size)[0]

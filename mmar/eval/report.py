@@ -23,6 +23,12 @@ def recipe_checkpoint(recipe: dict) -> Path:
     return Path(dirpath) / "last.ckpt"
 
 
+def trainer_seconds(checkpoint: dict) -> float | None:
+    """Training time the trainer measured (its Timer callback's state, saved when max_time is set)."""
+    timer = checkpoint.get("callbacks", {}).get("Timer")
+    return None if timer is None else timer["time_elapsed"]["train"]
+
+
 def train_recipe(config: str, budget_minutes: float, steps: int | None, ckpt: Path) -> float:
     """`mmar fit --config config` under the budget (the trainer's max_time); its wall time in seconds."""
     for stale in ckpt.parent.glob("last*.ckpt"):  # else Lightning writes last-v1.ckpt beside the old one

@@ -8,15 +8,38 @@ import torch
 
 from mmar.errors import ConfigError
 from mmar.lit.generator_module import GeneratorModule
+from mmar.lit.stream_module import StreamModule
+
+
+def _checked(checkpoint: str | Path, how_to_train: str) -> Path:
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ConfigError(
+            f"checkpoint not found: '{checkpoint}'; train one first (e.g. `{how_to_train}`) or pass the path "
+            "of an existing .ckpt"
+        )
+    return path
+
+
+def is_stream_checkpoint(checkpoint: str | Path) -> bool:
+    """Whether a checkpoint holds a StreamModule (a text LM or a unified text + image model)."""
+    hparams = torch.load(_checked(checkpoint, "mmar fit --config ..."), map_location="cpu", weights_only=True)
+    return "text_tokenizer" in hparams.get("hyper_parameters", {})
 
 
 def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu") -> GeneratorModule:
     """A GeneratorModule from a Lightning checkpoint, loaded weights-only (EMA weights if trained so)."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise ConfigError(
-            f"checkpoint not found: '{checkpoint}'; train a generator first (e.g. `mmar fit --config "
-            "configs/quickstart/digits_ar.yaml`) or pass the path of an existing .ckpt"
-        )
+    path = _checked(checkpoint, "mmar fit --config configs/quickstart/digits_ar.yaml")
     module = GeneratorModule.load_from_checkpoint(path, map_location=device, weights_only=True)
+    return module.to(device).eval()
+
+
+def load_stream(
+    checkpoint: str | Path, device: str | torch.device = "cpu", text_tokenizer: str | None = None
+) -> StreamModule:
+    """A StreamModule from a Lightning checkpoint, weights-only; `text_tokenizer` replaces the path it was
+    trained with (it must be the same tokenizer: the checkpoint's vocabulary and digest are checked)."""
+    path = _checked(checkpoint, "mmar fit --config configs/text/embedded_lm.yaml")
+    overrides = {"text_tokenizer": text_tokenizer} if text_tokenizer else {}
+    module = StreamModule.load_from_checkpoint(path, map_location=device, weights_only=True, **overrides)
     return module.to(device).eval()

@@ -1,0 +1,88 @@
+"""Validation perplexity of a text language model beside a unigram baseline on the same split.
+
+    python scripts/eval_text_lm.py --ckpt runs/text/lm/checkpoints/last.ckpt --docs docs/text.md
+
+The data is the checkpoint's own `TextDataModule` (its saved settings: corpus, tokenizer, seq_len,
+val_fraction, seed), so the validation documents are exactly those held out in training. Both numbers
+score the same targets (every packed position but the first of each row) with the same tokenizer:
+the model's exp(mean cross-entropy), and `unigram_perplexity`, the token frequencies of the train split
+with add-one smoothing. Prints one JSON row; with --docs, writes the table into that page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from mmar.data.text import TextDataModule, unigram_perplexity
+from mmar.errors import ConfigError, run_or_exit
+from mmar.eval.report import write_marked
+from mmar.lit.loading import load_stream
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="a StreamModule checkpoint trained on a TextDataModule")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--docs", help="a Markdown page to write the table into (e.g. docs/text.md)")
+    return p.parse_args(argv)
+
+
+@torch.no_grad()
+def model_perplexity(model, rows: torch.Tensor, batch_size: int) -> float:
+    """exp(mean cross-entropy) over every target of the packed rows [N, L]."""
+    total, count = 0.0, 0
+    for batch in rows.split(batch_size):
+        losses = model.step_losses({"tokens": batch.to(model.device)})
+        tokens = int(losses["text_tokens"])
+        total, count = total + float(losses["text_loss"]) * tokens, count + tokens
+    return math.exp(total / count)
+
+
+def run(args: argparse.Namespace) -> dict:
+    model = load_stream(args.ckpt, args.device)  # a missing checkpoint: one-line error here
+    checkpoint = torch.load(args.ckpt, map_location="cpu", weights_only=True)
+    settings = checkpoint.get("datamodule_hyper_parameters")
+    if settings is None or "seq_len" not in settings:
+        raise ConfigError(f"checkpoint '{args.ckpt}' was not trained on a TextDataModule; nothing to score")
+    data = TextDataModule(**settings)
+    data.setup()
+    if data.val_dataset is None:
+        raise ConfigError("the checkpoint's data has no validation split (val_fraction=0)")
+    train, val = data.train_dataset.tokens, data.val_dataset.tokens
+    row = {
+        "checkpoint": str(args.ckpt),
+        "steps": checkpoint["global_step"],
+        "tokenizer_vocab": data.vocab_size,
+        "train_documents": data.num_documents[0],
+        "val_documents": data.num_documents[1],
+        "val_tokens": val[:, 1:].numel(),
+        "val_perplexity": model_perplexity(model.eval(), val, args.batch_size),
+        "unigram_perplexity": unigram_perplexity(train, val, data.vocab_size),
+    }
+    row["ratio"] = row["unigram_perplexity"] / row["val_perplexity"]
+    if args.docs:
+        table = "\n".join(
+            [
+                "| model | steps | val docs | val tokens | val perplexity | unigram perplexity | ratio |",
+                "|---|---|---|---|---|---|---|",
+                f"| {Path(args.ckpt).parent.parent.name} (vocab {row['tokenizer_vocab']}) | {row['steps']} | "
+                f"{row['val_documents']} | {row['val_tokens']} | {row['val_perplexity']:.1f} | "
+                f"{row['unigram_perplexity']:.1f} | {row['ratio']:.2f}x |",
+            ]
+        )
+        write_marked(Path(args.docs), "text_lm", table, "Text")
+    return row
+
+
+def main(argv=None) -> None:
+    print(json.dumps(run_or_exit(run, parse_args(argv)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
