@@ -127,3 +127,25 @@ def debug_generator(debug_tokenizer, tmp_path_factory):
     )
     trainer.fit(model, DigitsDataModule(image_size=32, batch_size=8))
     return model, root / "ckpt" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def debug_text_tokenizer(tmp_path_factory) -> str:
+    """Folder of a byte-level BPE (vocabulary 400) trained on the embedded corpus with 200 captions."""
+    from mmar.data.text import embedded_corpus
+    from mmar.text_tokenizer import TextTokenizer
+
+    folder = tmp_path_factory.mktemp("debug_text_tokenizer")
+    TextTokenizer.train((text for _, text in embedded_corpus(num_captions=200)), vocab_size=400).save(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def debug_stream(debug_text_tokenizer, debug_rgb_tokenizer):
+    """A random unified StreamModule (debug trunk) over the debug text and RGB image tokenizers."""
+    import torch
+
+    from mmar.lit import StreamModule
+
+    torch.manual_seed(0)
+    return StreamModule(debug_text_tokenizer, debug_rgb_tokenizer, context_length=128).eval()

@@ -19,10 +19,28 @@ def needs_tokenizer(config: Path) -> bool:
     return "GeneratorModule" in yaml.safe_load(config.read_text())["model"]["class_path"]
 
 
+def is_stream(config: Path) -> bool:
+    return yaml.safe_load(config.read_text())["model"]["class_path"].endswith("StreamModule")
+
+
+def stream_overrides(config: Path, request) -> list[str]:
+    """A StreamModule recipe's text (and image) tokenizer, and its text data's, at the fixtures' ones."""
+    recipe = yaml.safe_load(config.read_text())
+    text = request.getfixturevalue("debug_text_tokenizer")
+    args = [f"--model.init_args.text_tokenizer={text}"]
+    if recipe["model"]["init_args"].get("image_tokenizer"):
+        args.append(f"--model.init_args.image_tokenizer={request.getfixturevalue('debug_rgb_tokenizer')}")
+    if recipe["data"]["class_path"].endswith("TextDataModule"):
+        args.append(f"--data.init_args.tokenizer={text}")
+    return args
+
+
 def fixture_overrides(config: Path, request) -> list[str]:
     """Point a recipe's trained inputs (tokenizer folder, token cache) at the tiny ones of the fixtures."""
     recipe = yaml.safe_load(config.read_text())
     init_args, args = recipe["model"]["init_args"], []
+    if is_stream(config):
+        args += stream_overrides(config, request)
     if needs_tokenizer(config) or isinstance(init_args.get("tokenizer"), str):  # a generator or post-training
         args.append(f"--model.init_args.tokenizer={request.getfixturevalue(tokenizer_fixture(config))}")
     if recipe["data"]["class_path"].endswith("TokenCacheDataModule"):
@@ -75,6 +93,8 @@ def test_fast_dev_run_of_every_debug_config(config, request, tmp_path):
     if needs_tokenizer(config):
         args.append(f"--model.init_args.tokenizer={request.getfixturevalue(tokenizer_fixture(config))}")
         args += offline_overrides(config)
+    elif is_stream(config):
+        args += stream_overrides(config, request)
     else:
         args.append(f"--model.init_args.export_dir={tmp_path / 'tokenizer'}")
     mmar_main([*args, *QUIET])
