@@ -98,7 +98,7 @@ def test_data_tokenised_with_another_tokenizer_is_one_line(debug_text_tokenizer,
 
 
 def test_unified_checkpoint_draws_captions_and_continues_text(unified, load_script, tmp_path):
-    args = ["--ckpt", unified, "--prompt", "a red circle on the left", "--per-prompt", "2", "--cfg-scale", "2"]
+    args = ["--ckpt", unified, "--prompt", "a red circle on the left", "--per-prompt", "2", "--cfg-scale=2"]
     sample_t2i = load_script("sample_t2i")
     metrics = sample_t2i.run(sample_t2i.parse_args([*args, "--score", "--out", str(tmp_path / "t2i")]))
     assert metrics["num_images"] == 2 and metrics["unit"].startswith("unified")
