@@ -60,15 +60,17 @@ class StreamVocab:
         """The id range [lo, hi) that a position generating `modality` samples from: text positions emit
         EOS or a text token (never BOS), image positions an image token. Both ranges are contiguous, so
         decoding computes logits over that slice only and can never emit an id of the other modality."""
-        if modality == TEXT:
-            return self.eos, self.text
-        if modality == IMAGE and self.image:
-            return self.text, self.text + self.image
-        raise ConfigError(f"this stream cannot emit '{modality}' tokens (image vocabulary {self.image})")
+        if not self.can_emit(modality):
+            raise ConfigError(f"this stream cannot emit '{modality}' tokens (image vocabulary {self.image})")
+        return (self.eos, self.text) if modality == TEXT else (self.text, self.text + self.image)
 
-    def is_image(self, ids: torch.Tensor) -> torch.Tensor:
-        """Which ids are image tokens (specials and text are the text modality)."""
-        return (ids >= self.text) & (ids < self.text + self.image)
+    def can_emit(self, modality: str) -> bool:
+        return modality == TEXT or (modality == IMAGE and self.image > 0)
+
+    def in_range(self, ids: torch.Tensor, modality: str) -> torch.Tensor:
+        """Which ids a position generating `modality` can emit (`emits`); BOS, BOI and EOI are in none."""
+        lo, hi = self.emits(modality)
+        return (ids >= lo) & (ids < hi)
 
 
 class StreamLayout:

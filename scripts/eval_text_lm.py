@@ -4,9 +4,10 @@
 
 The data is the checkpoint's own `TextDataModule` (its saved settings: corpus, tokenizer, seq_len,
 val_fraction, seed), so the validation documents are exactly those held out in training. Both numbers
-score the same targets (every packed position but the first of each row) with the same tokenizer:
-the model's exp(mean cross-entropy), and `unigram_perplexity`, the token frequencies of the train split
-with add-one smoothing. Prints one JSON row; with --docs, writes the table into that page.
+score the same targets (every packed position but the first of each row, except BOS, which always
+follows EOS and is never generated) over the same ids (EOS and the BPE tokens): the model's exp(mean
+cross-entropy), and `unigram_perplexity`, the token frequencies of the train split with add-one
+smoothing. Prints one JSON row; with --docs, writes the table into that page.
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 @torch.no_grad()
-def model_perplexity(model, rows: torch.Tensor, batch_size: int) -> float:
-    """exp(mean cross-entropy) over every target of the packed rows [N, L]."""
+def model_perplexity(model, rows: torch.Tensor, batch_size: int) -> tuple[float, int]:
+    """(exp(mean cross-entropy), number of targets) over the generated targets of packed rows [N, L]."""
     total, count = 0.0, 0
     for batch in rows.split(batch_size):
         losses = model.step_losses({"tokens": batch.to(model.device)})
         tokens = int(losses["text_tokens"])
         total, count = total + float(losses["text_loss"]) * tokens, count + tokens
-    return math.exp(total / count)
+    return math.exp(total / count), count
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -55,15 +56,16 @@ def run(args: argparse.Namespace) -> dict:
     if data.val_dataset is None:
         raise ConfigError("the checkpoint's data has no validation split (val_fraction=0)")
     train, val = data.train_dataset.tokens, data.val_dataset.tokens
+    perplexity, targets = model_perplexity(model.eval(), val, args.batch_size)
     row = {
         "checkpoint": str(args.ckpt),
         "steps": checkpoint["global_step"],
         "tokenizer_vocab": data.vocab_size,
         "train_documents": data.num_documents[0],
         "val_documents": data.num_documents[1],
-        "val_tokens": val[:, 1:].numel(),
-        "val_perplexity": model_perplexity(model.eval(), val, args.batch_size),
-        "unigram_perplexity": unigram_perplexity(train, val, data.vocab_size),
+        "val_perplexity": perplexity,
+        "val_tokens": targets,
+        "unigram_perplexity": unigram_perplexity(train, val, data.vocab_size, ignore=[model.vocab.bos]),
     }
     row["ratio"] = row["unigram_perplexity"] / row["val_perplexity"]
     if args.docs:

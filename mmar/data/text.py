@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -187,15 +188,22 @@ def pack(token_lists: list[list[int]], seq_len: int, bos_id: int, eos_id: int) -
     return torch.from_numpy(stream[: rows * seq_len].reshape(rows, seq_len))
 
 
-def unigram_perplexity(train: torch.Tensor, val: torch.Tensor, vocab_size: int) -> float:
+def unigram_perplexity(
+    train: torch.Tensor, val: torch.Tensor, vocab_size: int, ignore: Sequence[int] = ()
+) -> float:
     """Perplexity on `val` of a unigram model of `train` token counts with add-one (Laplace) smoothing.
 
     The baseline a language model must beat: it scores the val positions that are next-token targets
     (every position of a row but its first), p(t) = (count(t) + 1) / (num_train_tokens + vocab_size).
+    Ids in `ignore` (e.g. BOS, which a model never generates) are left out of the vocabulary, the
+    counts and the targets, as a model scored over the other ids leaves them out.
     """
+    keep = torch.ones(vocab_size, dtype=torch.bool)
+    keep[list(ignore)] = False
     counts = torch.bincount(train.flatten().long(), minlength=vocab_size).double() + 1  # [V]
-    log_probs = counts.log() - counts.sum().log()  # [V]
+    log_probs = counts.log() - counts[keep].sum().log()  # [V]
     targets = val[:, 1:].flatten().long()  # [N * (L - 1)]
+    targets = targets[keep[targets]]
     if targets.numel() == 0:
         raise ConfigError("unigram_perplexity needs val rows of length >= 2")
     return math.exp(-log_probs[targets].mean().item())

@@ -2,7 +2,7 @@
 
 A text language model when given only a text tokenizer; with a frozen image tokenizer too, the unified
 model of Emu3 (Wang et al. 2024) and Lumina-mGPT (Liu et al. 2024): one trunk, one vocabulary
-(`mmar.stream`), a loss on every token with a weight per modality, and from one checkpoint
+(`mmar.stream`), a loss on every generated token with a weight per modality, and from one checkpoint
 text-to-image (CFG by dropping the text), captioning and text continuation. It reuses the trunk, the
 categorical head (embedding, fused linear cross-entropy), the `Sampler` and the KV cache of the units.
 
@@ -14,13 +14,15 @@ captioning one; a text-to-image sequence loses its text with probability `text_d
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
 from mmar.errors import ConfigError
 from mmar.heads.categorical import CategoricalHead
-from mmar.kernels import Causal
+from mmar.kernels import Causal, linear_cross_entropy
 from mmar.lit.optim import adamw_with_schedule
 from mmar.sampling import Sampler
 from mmar.stream import IMAGE, MODALITIES, TEXT, StreamLayout, StreamVocab, pad
@@ -117,7 +119,7 @@ class StreamModule(LightningModule):
     @property
     def image_steps(self) -> int:
         """Trunk passes of text-to-image generation: one per image token."""
-        return len(self.layout.image_positions(0))
+        return math.prod(self.layout.grid)
 
     def on_fit_start(self) -> None:
         meta = getattr(self.trainer.datamodule, "meta", None) or {}
@@ -204,9 +206,17 @@ class StreamModule(LightningModule):
         return self.trunk(self.head.embed(ids), positions, Causal())
 
     def step_losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Loss on every real token, each modality's tokens weighted by `loss_weights`; per-modality mean
-        cross-entropies (and their token counts, for exact epoch means) alongside."""
-        ids, positions, real = self.sequences_of(batch)
+        """Cross-entropy of every generated token, each modality's tokens weighted by `loss_weights`, with
+        per-modality means (and token counts, for exact epoch means) alongside.
+
+        A token is scored over its modality's id range, the distribution decoding samples from (Janus's
+        separate text and image heads, here slices of one output matrix): training sees what sampling
+        sees and no capacity goes to telling the modalities apart. BOS, BOI and EOI are never generated
+        (the layout puts them), so they are inputs only."""
+        return self.sequence_losses(*self.sequences_of(batch))
+
+    def sequence_losses(self, ids: torch.Tensor, positions: torch.Tensor, real: torch.Tensor) -> dict:
+        """`step_losses` of right-padded sequences: ids [B, T], positions [B, T, A], real [B, T]."""
         if ids.shape[1] > self.hparams.context_length:
             raise ConfigError(
                 f"a training sequence of {ids.shape[1]} tokens exceeds model.context_length="
@@ -214,14 +224,16 @@ class StreamModule(LightningModule):
             )
         hidden = self.hidden_states(ids[:, :-1], positions[:, :-1])  # (B, T-1, D)
         targets, real = ids[:, 1:], real[:, 1:]  # (B, T-1)
-        is_image = self.vocab.is_image(targets)
-        total = real.sum().clamp(min=1)
+        scored = {m: real & self.vocab.in_range(targets, m) for m in MODALITIES if self.vocab.can_emit(m)}
+        total = sum(selected.sum() for selected in scored.values()).clamp(min=1)
         losses, loss = {}, hidden.new_zeros(())
-        for modality, selected in ((TEXT, real & ~is_image), (IMAGE, real & is_image)):
+        for modality, selected in scored.items():
             count = selected.sum()
             if count == 0:
                 continue
-            mean = self.head.loss(hidden[selected], targets[selected])  # only this modality's rows
+            lo, hi = self.vocab.emits(modality)
+            weight = self.head.proj.weight[lo:hi]  # (hi - lo, D)
+            mean = linear_cross_entropy(hidden[selected], weight, targets[selected] - lo)
             loss = loss + self.loss_weights[modality] * mean * count / total
             losses[f"{modality}_loss"], losses[f"{modality}_tokens"] = mean, count
         losses["loss"] = loss

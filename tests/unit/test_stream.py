@@ -20,8 +20,9 @@ def test_vocabulary_offsets_and_emission_ranges():
     assert (vocab.image_offset, vocab.boi, vocab.eoi, vocab.size) == (300, 364, 365, 366)
     assert vocab.emits(TEXT) == (1, 300)  # EOS and every text token, never BOS
     assert vocab.emits(IMAGE) == (300, 364)
-    ids = torch.tensor([0, 1, 299, 300, 363, 364, 365])
-    assert vocab.is_image(ids).tolist() == [False, False, False, True, True, False, False]
+    ids = torch.tensor([0, 1, 299, 300, 363, 364, 365])  # BOS, EOS, text, image, image, BOI, EOI
+    assert vocab.in_range(ids, TEXT).tolist() == [False, True, True, False, False, False, False]
+    assert vocab.in_range(ids, IMAGE).tolist() == [False, False, False, True, True, False, False]
     text_only = StreamVocab(text=300)
     assert text_only.size == 300
     with pytest.raises(ConfigError, match="cannot emit 'image'"):
@@ -65,20 +66,27 @@ def captioned_batch(model: StreamModule, n: int = 4) -> dict:
     return {"tokens": tokens, "caption": [CAPTIONS[i % 2] for i in range(n)]}
 
 
-def test_loss_is_the_token_mean_with_modality_weights(debug_stream):
+def test_loss_scores_each_token_over_its_modality_range(debug_stream):
+    """The loss is the token mean of each generated token's cross-entropy over the ids its position can
+    emit (as decoding samples); BOS/BOI/EOI targets are not scored; weights scale each modality."""
     model = debug_stream
     torch.manual_seed(0)
     batch = captioned_batch(model)
     ids, positions, real = model.sequences_of(batch)
-    assert (ids[real] < model.vocab.size).all()
     torch.manual_seed(0)  # the same layout draw again inside step_losses
     losses = model.step_losses(batch)
     logits = model.head(model.hidden_states(ids[:, :-1], positions[:, :-1]))  # (B, T-1, V)
-    targets = ids[:, 1:].masked_fill(~real[:, 1:], -100)
-    expected = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
-    torch.testing.assert_close(losses["loss"], expected, rtol=1e-5, atol=1e-5)
+    targets, real = ids[:, 1:], real[:, 1:]
+    summed, count = 0.0, 0
+    for modality in (TEXT, IMAGE):
+        lo, hi = model.vocab.emits(modality)
+        selected = real & (targets >= lo) & (targets < hi)
+        summed += F.cross_entropy(logits[selected][:, lo:hi], targets[selected] - lo, reduction="sum")
+        count += int(selected.sum())
+    torch.testing.assert_close(losses["loss"], summed / count, rtol=1e-5, atol=1e-5)
     n_text, n_image = losses["text_tokens"], losses["image_tokens"]
-    assert n_image == 4 * 64 and n_text > 0
+    structural = int((real & (targets >= model.vocab.boi)).sum())  # BOI, EOI targets: one or two a row
+    assert n_image == 4 * 64 and n_text + n_image + structural == int(real.sum())
     model.loss_weights = {TEXT: 0.0, IMAGE: 1.0}  # image tokens alone, still over every token's count
     torch.manual_seed(0)
     weighted = model.step_losses(batch)["loss"]
@@ -93,10 +101,8 @@ def test_right_padding_leaves_each_sequence_alone(debug_stream):
     seqs = [layout.document([5, 6, 7, 8, 9]), layout.captioning(torch.arange(64) % 64, [9, 10])]
 
     def summed(sequences):
-        ids, positions, real = pad(sequences, model.vocab.eos)
-        logits = model.head(model.hidden_states(ids[:, :-1], positions[:, :-1]))
-        targets = ids[:, 1:].masked_fill(~real[:, 1:], -100)
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+        losses = model.sequence_losses(*pad(sequences, model.vocab.eos))
+        return sum(losses[f"{m}_loss"] * losses[f"{m}_tokens"] for m in (TEXT, IMAGE) if f"{m}_loss" in losses)
 
     with torch.no_grad():
         torch.testing.assert_close(summed(seqs), summed(seqs[:1]) + summed(seqs[1:]), rtol=1e-5, atol=1e-4)
