@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> dict:
     settings = checkpoint.get("datamodule_hyper_parameters")
     if settings is None or "seq_len" not in settings:
         raise ConfigError(f"checkpoint '{args.ckpt}' was not trained on a TextDataModule; nothing to score")
-    data = TextDataModule(**settings)
+    data = TextDataModule(**{k: v for k, v in settings.items() if not k.startswith("_")})  # not CLI keys
     data.setup()
     if data.val_dataset is None:
         raise ConfigError("the checkpoint's data has no validation split (val_fraction=0)")
