@@ -55,31 +55,46 @@ def run(args: argparse.Namespace) -> dict:
     data.setup()
     if data.val_dataset is None:
         raise ConfigError("the checkpoint's data has no validation split (val_fraction=0)")
-    train, val = data.train_dataset.tokens, data.val_dataset.tokens
-    perplexity, targets = model_perplexity(model.eval(), val, args.batch_size)
-    row = {
+    train = data.train_dataset.tokens
+    sources = {"all": data.val_documents}  # and per source: the part of the document id before "/"
+    for doc in data.val_documents:
+        sources.setdefault(doc[0].split("/")[0] if "/" in doc[0] else "other", []).append(doc)
+    rows = []
+    for source, docs in sources.items():
+        val = data.pack_split(docs)
+        perplexity, targets = model_perplexity(model.eval(), val, args.batch_size)
+        unigram = unigram_perplexity(train, val, data.vocab_size, ignore=[model.vocab.bos])
+        rows.append(
+            {
+                "val_source": source,
+                "val_documents": len(docs),
+                "val_tokens": targets,
+                "val_perplexity": perplexity,
+                "unigram_perplexity": unigram,
+                "ratio": unigram / perplexity,
+            }
+        )
+    result = {
         "checkpoint": str(args.ckpt),
         "steps": checkpoint["global_step"],
         "tokenizer_vocab": data.vocab_size,
         "train_documents": data.num_documents[0],
-        "val_documents": data.num_documents[1],
-        "val_perplexity": perplexity,
-        "val_tokens": targets,
-        "unigram_perplexity": unigram_perplexity(train, val, data.vocab_size, ignore=[model.vocab.bos]),
+        "rows": rows,
     }
-    row["ratio"] = row["unigram_perplexity"] / row["val_perplexity"]
     if args.docs:
-        table = "\n".join(
-            [
-                "| model | steps | val docs | val tokens | val perplexity | unigram perplexity | ratio |",
-                "|---|---|---|---|---|---|---|",
-                f"| {Path(args.ckpt).parent.parent.name} (vocab {row['tokenizer_vocab']}) | {row['steps']} | "
-                f"{row['val_documents']} | {row['val_tokens']} | {row['val_perplexity']:.1f} | "
-                f"{row['unigram_perplexity']:.1f} | {row['ratio']:.2f}x |",
-            ]
-        )
-        write_marked(Path(args.docs), "text_lm", table, "Text")
-    return row
+        lines = [
+            "| model | steps | val documents | val tokens | val perplexity | unigram perplexity | ratio |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        name = f"{Path(args.ckpt).parent.parent.name} (vocab {data.vocab_size})"
+        for r in rows:
+            docs = f"{r['val_source']}: {r['val_documents']}"
+            lines.append(
+                f"| {name} | {result['steps']} | {docs} | {r['val_tokens']} | {r['val_perplexity']:.1f} | "
+                f"{r['unigram_perplexity']:.1f} | {r['ratio']:.1f}x |"
+            )
+        write_marked(Path(args.docs), "text_lm", "\n".join(lines), "Text")
+    return result
 
 
 def main(argv=None) -> None:

@@ -267,6 +267,7 @@ class TextDataModule(SplitDataModule):
         self.num_captions = num_captions
         self.skipped = 0
         self.num_documents = (0, 0)  # (train, val), filled by setup
+        self.val_documents: list[Document] = []
 
     @property
     def vocab_size(self) -> int:
@@ -303,6 +304,7 @@ class TextDataModule(SplitDataModule):
                 "use a larger val_fraction, more documents, or val_fraction=0 for no validation"
             )
         self.num_documents = (len(train_docs), len(val_docs))
+        self.val_documents = val_docs  # for per-source scores (scripts/eval_text_lm.py)
         self.train_dataset = TextDataset(self.pack_split(train_docs))
         self.val_dataset = TextDataset(self.pack_split(val_docs)) if val_docs else None
         log.info(

@@ -68,10 +68,12 @@ def test_text_lm_scripts(text_lm, load_script, tmp_path, capsys):
     assert [r["sample"] for r in results] == [0, 1] and all(isinstance(r["text"], str) for r in results)
     again = sample.run(sample.parse_args(["--ckpt", text_lm, "--prompt", "The with", "--max-tokens", "5"]))
     assert again[0]["text"] == results[0]["text"]  # seeded
-    row = load_script("eval_text_lm").run(
+    result = load_script("eval_text_lm").run(
         load_script("eval_text_lm").parse_args(["--ckpt", text_lm, "--docs", str(tmp_path / "text.md")])
     )
+    row = result["rows"][0]  # all val documents, then per source
     assert row["val_perplexity"] > 1 and row["unigram_perplexity"] > 1 and row["val_tokens"] > 0
+    assert row["val_source"] == "all" and {r["val_source"] for r in result["rows"]} >= {"pydoc_data", "shapes"}
     assert "unigram perplexity" in (tmp_path / "text.md").read_text()
 
 
