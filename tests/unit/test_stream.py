@@ -40,7 +40,7 @@ def test_text_to_image_and_captioning_layouts():
     assert pos.tolist() == [[0, 0], [1, 1], [2, 2], [3, 3], *cells, [7, 7]]
     ids, pos = layout.captioning(image, [5, 6])
     assert ids.tolist() == [0, vocab.boi, 10, 11, 12, 13, 10, 11, vocab.eoi, 5, 6, 1]
-    assert pos[-3:].tolist() == [[5, 5], [6, 6], [7, 7]]  # text continues after EOI
+    assert pos[-4:].tolist() == [[5, 5], [6, 6], [7, 7], [8, 8]]  # EOI after the longest side, then text
     null, _ = layout.text_to_image(None)  # the CFG null prompt: the text dropped
     assert null.tolist() == [0, vocab.boi]
     text_only = StreamLayout(StreamVocab(text=10))
