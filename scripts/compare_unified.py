@@ -90,7 +90,7 @@ def markdown(rows: list[dict]) -> str:
             t2i = " | ".join(f"{r[split][c]:.3f}" for c in ["overall", *TASKS])
             caption = r.get(f"caption_{split}")
             caps = " | ".join(f"{caption[c]:.3f}" if caption else "n/a" for c in CAPTION_COLUMNS)
-            name = f"{r['unit']} ({Path(r['recipe']).parent.name})"
+            name = "unified" if r["recipe"] == UNIFIED else f"prefix-conditioned {r['unit']}"
             where = split.replace("_", "-")
             lines.append(f"| {name} | {r['steps']} | {train_s} | {where} | {t2i} | {caps} |")
     return "\n".join(lines)
