@@ -23,8 +23,9 @@ def _checked(checkpoint: str | Path, how_to_train: str) -> Path:
 
 def is_stream_checkpoint(checkpoint: str | Path) -> bool:
     """Whether a checkpoint holds a StreamModule (a text LM or a unified text + image model)."""
-    hparams = torch.load(_checked(checkpoint, "mmar fit --config ..."), map_location="cpu", weights_only=True)
-    return "text_tokenizer" in hparams.get("hyper_parameters", {})
+    path = _checked(checkpoint, "mmar fit --config ...")
+    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: weights stay unread
+    return "text_tokenizer" in saved.get("hyper_parameters", {})
 
 
 def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu") -> GeneratorModule:
