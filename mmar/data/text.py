@@ -23,7 +23,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,9 +32,7 @@ from torch.utils.data import Dataset
 from mmar.data.base import SplitDataModule
 from mmar.data.shapes import caption_scene, sample_scene, scene_is_seen
 from mmar.errors import ConfigError
-
-if TYPE_CHECKING:
-    from mmar.text_tokenizer import TextTokenizer
+from mmar.text_tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -252,8 +250,6 @@ class TextDataModule(SplitDataModule):
     ):
         super().__init__(batch_size, num_workers)
         self.save_hyperparameters()
-        from mmar.text_tokenizer import TextTokenizer  # `tokenizers` is only needed for text data
-
         if seq_len < 2:
             raise ConfigError(f"seq_len={seq_len} must be >= 2 (an input and a next-token target)")
         if not 0.0 <= val_fraction < 1.0:
