@@ -17,7 +17,8 @@ from lightning.pytorch import LightningModule
 
 from mmar.conditioning import build_condition
 from mmar.errors import ConfigError
-from mmar.lit.optim import adamw_with_schedule
+from mmar.lit.image_tokens import image_tokens_of
+from mmar.lit.optim import configure_adamw
 from mmar.sampling import Sampler
 from mmar.trunk import Trunk, trunk_config
 from mmar.units import UNITS, build_unit
@@ -114,24 +115,9 @@ class GeneratorModule(LightningModule):
         self.tokenizer.eval()  # frozen: never in training mode
         return self
 
-    @torch.no_grad()
     def tokens_of(self, batch: dict) -> torch.Tensor:
         """Token grid [B, *grid] of a batch: cached tokens, or images encoded by the tokenizer."""
-        if "tokens" in batch:
-            tokens = batch["tokens"].long()
-            if tokens.numel() and tokens.max() >= self.tokenizer.vocab_size:
-                raise ConfigError(
-                    f"cached token id {tokens.max().item()} is outside the tokenizer's vocabulary "
-                    f"({self.tokenizer.vocab_size}); rebuild the cache with this tokenizer"
-                )
-            return tokens
-        images = batch["image"]
-        if tuple(images.shape[1:]) != self.image_shape:
-            raise ConfigError(
-                f"images of shape {tuple(images.shape[1:])} do not match model.image_size -> "
-                f"{self.image_shape}; set data and model image sizes to the same value"
-            )
-        return self.tokenizer.encode(images)
+        return image_tokens_of(batch, self.tokenizer, self.image_shape)
 
     def step_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         tokens, padding = self.tokens_of(batch), {}
@@ -207,15 +193,4 @@ class GeneratorModule(LightningModule):
             )
 
     def configure_optimizers(self):
-        hp = self.hparams
-        trainable = torch.nn.ModuleList([self.trunk, self.conditioning, self.unit])
-        return adamw_with_schedule(
-            trainable,
-            hp.lr,
-            hp.betas,
-            hp.weight_decay,
-            hp.warmup_steps,
-            self.trainer.estimated_stepping_batches,
-            hp.lr_schedule,
-            hp.min_lr_ratio,
-        )
+        return configure_adamw(self, torch.nn.ModuleList([self.trunk, self.conditioning, self.unit]))

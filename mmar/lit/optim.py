@@ -55,3 +55,13 @@ def adamw_with_schedule(
     optimizer = adamw(module, lr, betas, weight_decay)
     scheduler = scheduled(optimizer, warmup_steps, total_steps, schedule, min_lr_ratio)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def configure_adamw(module, trainable: nn.Module):
+    """`adamw_with_schedule` of `trainable` from a LightningModule's hyper-parameters (lr, betas,
+    weight_decay, warmup_steps, lr_schedule, min_lr_ratio) over its trainer's total steps."""
+    hp = module.hparams
+    total = module.trainer.estimated_stepping_batches
+    return adamw_with_schedule(
+        trainable, hp.lr, hp.betas, hp.weight_decay, hp.warmup_steps, total, hp.lr_schedule, hp.min_lr_ratio
+    )

@@ -23,7 +23,8 @@ from lightning.pytorch import LightningModule
 from mmar.errors import ConfigError
 from mmar.heads.categorical import CategoricalHead
 from mmar.kernels import Causal, linear_cross_entropy
-from mmar.lit.optim import adamw_with_schedule
+from mmar.lit.image_tokens import image_tokens_of
+from mmar.lit.optim import configure_adamw
 from mmar.sampling import Sampler
 from mmar.stream import IMAGE, MODALITIES, TEXT, StreamLayout, StreamVocab, pad
 from mmar.text_tokenizer import TextTokenizer
@@ -177,29 +178,15 @@ class StreamModule(LightningModule):
         ids, positions, real = pad(sequences, self.vocab.eos)
         return ids.to(self.device), positions.to(self.device), real.to(self.device)
 
-    @torch.no_grad()
     def image_tokens(self, batch: dict) -> torch.Tensor:
         """Image token grid [B, *grid] of a captioned batch: cached tokens, or images encoded here."""
-        if "tokens" in batch:
-            tokens = batch["tokens"].long()
-            if tuple(tokens.shape[1:]) != self.layout.grid:
-                raise ConfigError(
-                    f"cached tokens of grid {tuple(tokens.shape[1:])} do not match the model's grid "
-                    f"{self.layout.grid}; set model.image_size to the size the tokenizer was trained on"
-                )
-            if tokens.numel() and tokens.max() >= self.vocab.image:
-                raise ConfigError(
-                    f"cached token id {tokens.max().item()} is outside the image tokenizer's vocabulary "
-                    f"({self.vocab.image}); rebuild the cache with this tokenizer"
-                )
-            return tokens
-        images = batch["image"]
-        if tuple(images.shape[1:]) != self.image_shape:
+        tokens = image_tokens_of(batch, self.image_tokenizer, self.image_shape)
+        if tuple(tokens.shape[1:]) != self.layout.grid:
             raise ConfigError(
-                f"images of shape {tuple(images.shape[1:])} do not match model.image_size -> "
-                f"{self.image_shape}; set data and model image sizes to the same value"
+                f"cached tokens of grid {tuple(tokens.shape[1:])} do not match the model's grid "
+                f"{self.layout.grid}; set model.image_size to the size the tokenizer was trained on"
             )
-        return self.image_tokenizer.encode(images)
+        return tokens
 
     def hidden_states(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Hidden states [B, T, D] of the whole sequences (causal)."""
@@ -268,18 +255,7 @@ class StreamModule(LightningModule):
                     self.log("val/perplexity", mean.exp(), prog_bar=True)
 
     def configure_optimizers(self):
-        hp = self.hparams
-        trainable = torch.nn.ModuleList([self.trunk, self.head])
-        return adamw_with_schedule(
-            trainable,
-            hp.lr,
-            hp.betas,
-            hp.weight_decay,
-            hp.warmup_steps,
-            self.trainer.estimated_stepping_batches,
-            hp.lr_schedule,
-            hp.min_lr_ratio,
-        )
+        return configure_adamw(self, torch.nn.ModuleList([self.trunk, self.head]))
 
     # ---------------------------------------------------------------- generation
 
