@@ -248,6 +248,24 @@ class PrefixPadded:
         return self.trunk(x, positions, KeyPadding(mask, valid.to(x.device)), **kwargs)
 
 
+class PassCounter:
+    """Counts a trunk's forward passes while in a `with` block (its final norm runs once a pass):
+    what sampling really costs, measured rather than predicted by a unit's `num_steps`."""
+
+    def __init__(self, trunk: Trunk):
+        self.trunk, self.count, self.handle = trunk, 0, None
+
+    def __enter__(self) -> PassCounter:
+        self.handle = self.trunk.norm.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+
+    def _hook(self, *_) -> None:
+        self.count += 1
+
+
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
         nn.init.normal_(module.weight, std=0.02)

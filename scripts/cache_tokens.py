@@ -6,6 +6,8 @@ Examples:
         --image-size 256 --out cache/imagenet256
     python scripts/cache_tokens.py --tokenizer runs/t2i/vq/tokenizer --data shapes --num-items 20000 \
         --text-encoder all-MiniLM-L6-v2 --max-length 32 --out runs/t2i/tokens
+    python scripts/cache_tokens.py --tokenizer runs/tokenizers/moving_digits_video/tokenizer \
+        --data moving_digits --num-items 20000 --labels digit_direction --out runs/video/tokens
 
 With --text-encoder, each distinct caption also goes through that frozen encoder once and its hidden
 states are stored, so a text-conditional generator with the same encoder and max length never runs it.
@@ -41,14 +43,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--split", default="train", choices=["train", "val"], help="digits/shapes split (default: train)"
     )
-    parser.add_argument("--num-items", type=int, default=20000, help="shapes: scenes to cache")
+    parser.add_argument("--num-items", type=int, default=20000, help="shapes: scenes; moving_digits: clips")
+    parser.add_argument("--num-frames", type=int, default=9, help="moving_digits: frames per clip")
+    parser.add_argument(
+        "--labels", default="digit", choices=["digit", "digit_direction"], help="moving_digits: the label"
+    )
     parser.add_argument(
         "--compositions", default="seen", choices=["seen", "all"], help="shapes: held-out triples kept out"
     )
     parser.add_argument("--text-encoder", help="cache caption embeddings of this encoder (TextCondition)")
     parser.add_argument("--max-length", type=int, default=32, help="caption tokens (with --text-encoder)")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="digits held-out fraction")
-    parser.add_argument("--seed", type=int, default=0, help="digits split seed")
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.1, help="digits (and moving_digits) held-out fraction"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="digits (and moving_digits) split seed")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--device", default="cpu")
@@ -67,6 +75,8 @@ def run(args: argparse.Namespace) -> None:
         args.seed,
         args.num_items,
         args.compositions,
+        args.num_frames,
+        args.labels,
     )
     loader = DataLoader(
         dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_skip_none

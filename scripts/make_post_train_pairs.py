@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> dict:
         "grid": list(model.grid),
         "num_items": len(tokens),
         "num_classes": model.conditioning.num_classes,
-        "image_shape": list(model.image_shape),
+        "image_shape": list(model.input_shape),
         "generator": str(args.ckpt),
         "sigma": args.sigma,
         "changed_token_fraction": changed / tokens.numel(),

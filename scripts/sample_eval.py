@@ -1,5 +1,5 @@
-"""Sample images for FID at scale: --per-class images of every class (ADM: 50 x 1000 = 50k), split over
-devices with Lightning, resumable.
+"""Sample images for FID (or clips for FVD) at scale: --per-class samples of every class (ADM: 50 x 1000
+= 50k images), split over devices with Lightning, resumable.
 
     python scripts/sample_eval.py --ckpt runs/imagenet/ar_B/checkpoints/last.ckpt --out runs/eval/ar_B \
         --per-class 50 --cfg-scale 2.0 --accelerator gpu --devices 8
@@ -11,7 +11,13 @@ run restarts (for a given batch size: a batch draws its noise together). Each im
 `images/<i>.png`, atomically and exclusively (two writers of one index would fail, not overwrite); a
 rerun samples only the batches with a missing image and writes only the missing ones. At the end rank 0
 packs every PNG into `samples.npz` in ADM's layout (`arr_0` uint8 [N, H, W, C], `arr_1` labels) and
-writes `metrics.json`.
+writes `metrics.json`. A video generator's clips [T, H, W, C] are stored the same way, each PNG a strip
+of its T frames side by side, and packed as `arr_0` uint8 [N, T, H, W, C], the layout
+`scripts/eval_fvd.py` reads:
+
+    python scripts/sample_eval.py --ckpt runs/video/next_token/checkpoints/last.ckpt --out runs/eval/video \
+        --per-class 32 --cfg-scale 2.0
+    python scripts/eval_fvd.py --samples runs/eval/video/samples.npz --ref REFERENCE.npz --frames 9
 """
 
 from __future__ import annotations
@@ -70,7 +76,8 @@ class Batches(Dataset):
 
 
 class SampleBatches(LightningModule):
-    """predict_step: a batch of labels -> uint8 images [B, C, H, W], sampled with the batch's own seed."""
+    """predict_step: a batch of labels -> uint8 images [B, C, H, W] (video clips: strips [B, C, H, T W]),
+    sampled with the batch's own seed."""
 
     def __init__(self, generator: LightningModule, sampler: Sampler, seed: int):
         super().__init__()
@@ -78,7 +85,10 @@ class SampleBatches(LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         sampler = dataclasses.replace(self.sampler, seed=self.seed + int(batch["batch"]))
-        return to_uint8(self.generator.generate(batch["label"], sampler).clamp(-1, 1)).cpu()
+        samples = to_uint8(self.generator.generate(batch["label"], sampler).clamp(-1, 1)).cpu()
+        if samples.ndim == 5:  # clips (B, C, T, H, W) -> strips (B, C, H, T W): the frames side by side
+            samples = samples.permute(0, 1, 3, 2, 4).flatten(3)
+        return samples
 
 
 class PNGWriter(BasePredictionWriter):
@@ -112,12 +122,16 @@ def write_png_exclusive(path: Path, image: torch.Tensor) -> None:
         os.unlink(tmp)
 
 
-def pack(folder: Path, labels: torch.Tensor, digits: int, out: Path) -> None:
-    """Every PNG of images/ into an ADM-layout .npz: arr_0 uint8 [N, H, W, C], arr_1 labels [N]."""
+def pack(folder: Path, labels: torch.Tensor, digits: int, out: Path, frames: int | None = None) -> None:
+    """Every PNG of images/ into an ADM-layout .npz: arr_0 uint8 [N, H, W, C] (strips of clips of `frames`
+    frames: [N, T, H, W, C]), arr_1 labels [N]."""
     images = []
     for i in range(len(labels)):
         array = np.asarray(Image.open(image_path(folder, i, digits)))
-        images.append(array[..., None] if array.ndim == 2 else array)
+        array = array[..., None] if array.ndim == 2 else array  # (H, W or T W, C)
+        if frames:
+            array = array.reshape(array.shape[0], frames, -1, array.shape[-1]).transpose(1, 0, 2, 3)
+        images.append(array)
     save_npz(out, arr_0=np.stack(images), arr_1=labels.numpy())
 
 
@@ -150,7 +164,8 @@ def run(args: argparse.Namespace) -> dict:
         world_size = trainer.world_size
         if not trainer.is_global_zero:
             return {"written": writer.written}
-    pack(folder, labels, digits, out / "samples.npz")
+    video = generator.tokenizer.modality == "video"
+    pack(folder, labels, digits, out / "samples.npz", frames=generator.input_shape[1] if video else None)
     metrics = {
         "checkpoint": str(args.ckpt),
         "num_images": len(labels),

@@ -226,8 +226,8 @@ def run(args: argparse.Namespace) -> dict:
     sampler = sampler_from_arguments(args)
 
     model, unit, passes = load_text_to_image(args.ckpt, args.device)
-    if args.score and model.image_shape[0] != 3:
-        raise ConfigError(f"--score needs RGB images (shapes data); this generator makes {model.image_shape}")
+    if args.score and model.input_shape[0] != 3:
+        raise ConfigError(f"--score needs RGB images (shapes data); this generator makes {model.input_shape}")
 
     prompt_index = torch.arange(len(prompts)).repeat_interleave(args.per_prompt)  # (N,) prompt by prompt
     seeds = [args.seed + k // args.batch_size for k in range(len(prompt_index))]

@@ -12,6 +12,8 @@ from pathlib import Path
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
+import torch
+from torch import nn
 
 from mmar.cli import main as mmar_main
 
@@ -88,6 +90,55 @@ def debug_rgb_tokenizer(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def debug_video_tokenizer(tmp_path_factory) -> str:
+    """Folder of a random tiny causal video tokenizer (75 codes; 16x16 clips of 9 frames -> 3 x 4 x 4)."""
+    from tokenizers_visual import VideoFSQTokenizer
+
+    torch.manual_seed(0)
+    video = VideoFSQTokenizer(
+        in_channels=1, ch=4, ch_mult=[1, 2, 2], num_res_blocks=1, levels=[5, 5, 3], spatial_downsample=4
+    )
+    export = tmp_path_factory.mktemp("debug_video") / "tokenizer"
+    video.save_pretrained(export)
+    return str(export)
+
+
+@pytest.fixture(scope="session")
+def debug_video_generator(debug_video_tokenizer, tmp_path_factory):
+    """(model, last.ckpt) of a debug next-token video generator trained 3 steps with EMA on moving digits
+    (16x16, 9 frames, a class per digit and direction: 80)."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+
+    from mmar.data import MovingDigitsDataModule
+    from mmar.lit import GeneratorModule
+
+    root = tmp_path_factory.mktemp("video_gen")
+    model = GeneratorModule(
+        tokenizer=debug_video_tokenizer, image_size=16, num_frames=9, num_classes=80, warmup_steps=1
+    )
+    data = MovingDigitsDataModule(
+        image_size=16,
+        digit_size=8,
+        batch_size=4,
+        num_clips_train=16,
+        num_clips_val=4,
+        labels="digit_direction",
+    )
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=root,
+        callbacks=[EMAWeightAveraging(decay=0.5), ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
+    )
+    trainer.fit(model, data)
+    return model, root / "ckpt" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
 def debug_pairs_cache(debug_tokenizer, tmp_path_factory) -> str:
     """A token cache with images (as `scripts/make_post_train_pairs.py` writes): 40 digits-sized random
     images with random ids of the debug VQ tokenizer (vocabulary 32, 8x8 grid)."""
@@ -149,3 +200,33 @@ def debug_stream(debug_text_tokenizer, debug_rgb_tokenizer):
 
     torch.manual_seed(0)
     return StreamModule(debug_text_tokenizer, debug_rgb_tokenizer, context_length=128).eval()
+
+
+class RandomI3D(nn.Module):
+    """StyleGAN-V's detector signature: float videos [N, 3, T, H, W] in [0, 255] -> [N, 400]."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(3, 8, kernel_size=3, padding=1)
+        self.proj = nn.Linear(8 * 4, 400)
+
+    def forward(
+        self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False
+    ):
+        if rescale:
+            x = x / 127.5 - 1
+        if resize:
+            x = nn.functional.interpolate(x, size=(x.shape[2], 16, 16), mode="trilinear", align_corners=False)
+        h = torch.relu(self.conv(x))  # (N, 8, T, 16, 16)
+        h = nn.functional.adaptive_avg_pool3d(h, (4, 1, 1)).flatten(1)  # (N, 32): keeps the time order
+        features = self.proj(h)
+        return features if return_features else features.softmax(-1)
+
+
+@pytest.fixture(scope="session")
+def detector_path(tmp_path_factory) -> str:
+    """A TorchScript file of `RandomI3D`: what `--i3d-weights` loads in the tests."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("i3d") / "i3d_torchscript.pt"
+    torch.jit.script(RandomI3D()).save(str(path))
+    return str(path)

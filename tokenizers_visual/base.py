@@ -44,6 +44,8 @@ class Tokenizer(nn.Module):
 
     name: ClassVar[str]
     kind: ClassVar[str]  # "discrete" | "continuous"
+    modality: ClassVar[str] = "image"
+    """What `encode` reads: "image" ([B, C, H, W]) or "video" ([B, C, T, H, W], token grid [t, h, w])."""
     config: dict[str, Any]
 
     in_channels: int

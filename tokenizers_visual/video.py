@@ -279,6 +279,7 @@ class VideoFSQTokenizer(Tokenizer):
 
     name = "video_fsq"
     kind = "discrete"
+    modality = "video"
 
     def __init__(
         self,
@@ -330,6 +331,11 @@ class VideoFSQTokenizer(Tokenizer):
                 f"(the first frame is coded alone); use T = 1 + k * {td}, e.g. {1 + 2 * td}"
             )
         return (1 + (t - 1) // td, *spatial)
+
+    def frames_of(self, latent_frames: int) -> int:
+        """Video frames that the first `latent_frames` latent frames code, and decode to: the first frame
+        alone, then `temporal_downsample` frames each (the decoder is causal in time)."""
+        return 1 + (latent_frames - 1) * self.temporal_downsample if latent_frames > 0 else 0
 
     def check_input(self, x: torch.Tensor) -> None:
         """Validate a video batch [B, C, T, H, W] against this tokenizer (ConfigError otherwise)."""

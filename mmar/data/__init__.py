@@ -27,6 +27,7 @@ from mmar.data.token_cache import (
     read_token_cache_meta,
 )
 from mmar.data.video import MovingDigitsDataModule, MovingDigitsDataset
+from mmar.data.video_folder import VideoFolderDataModule, VideoFolderDataset
 
 __all__ = [
     "CaptionedImageFolderDataModule",
@@ -44,6 +45,8 @@ __all__ = [
     "TextDataset",
     "TokenCacheDataModule",
     "TokenCacheDataset",
+    "VideoFolderDataModule",
+    "VideoFolderDataset",
     "cache_tokens",
     "collate_skip_none",
     "digits_split",

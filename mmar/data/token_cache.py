@@ -1,9 +1,10 @@
 """A token cache: encode a dataset once with a frozen tokenizer, then train generators on the ids.
 
-As in LlamaGen's `extract_codes` step, images go through the tokenizer a single time and the discrete
-ids are stored, so generator training never runs the tokenizer. A cache is a folder with
+As in LlamaGen's `extract_codes` step, images (or video clips) go through the tokenizer a single time and
+the discrete ids are stored, so generator training never runs the tokenizer. A cache is a folder with
 
-- `tokens.safetensors`: "tokens" int32 [N, h, w] and "labels" int64 [N] (when the data has labels),
+- `tokens.safetensors`: "tokens" int32 [N, *grid] ([N, h, w], or [N, t, h, w] for videos) and "labels"
+  int64 [N] (when the data has labels),
   optionally "images" float32 [N, C, H, W] (pairs of images and tokens, e.g. generated tokens for
   RobusTok's decoder post-training); for captioned data "caption_index" int64 [N] (item -> its
   caption), and when encoded with a text condition's frozen encoder, each distinct caption's states
@@ -11,12 +12,12 @@ ids are stored, so generator training never runs the tokenizer. A cache is a fol
   never runs the text encoder either
 - `captions.json` (captioned data): the U distinct caption strings, in `caption_index` order
 - `meta.json`: tokenizer_path, tokenizer_name, vocab_size, grid, num_items, num_classes, image_shape
-  (and text_encoder, max_length for captions)
+  (the input's (C, H, W) or (C, T, H, W); and text_encoder, max_length for captions)
 
 `meta.json` is written last, so a folder with it holds a complete cache. Build one with
 `scripts/cache_tokens.py` (or `cache_tokens` from Python); serve it with `TokenCacheDataModule`.
 
-Batches: {"tokens": long [B, h, w], "label": long [B]} (and "image" [B, C, H, W] when stored;
+Batches: {"tokens": long [B, *grid], "label": long [B]} (and "image" [B, C, H, W] when stored;
 "caption": list[str] for captioned data, with "caption_embedding" [B, n, E] and "caption_valid" [B, n]
 when their encoder states were cached).
 """
@@ -39,6 +40,7 @@ from mmar.data.captioned_folder import CaptionedImageFolderDataset
 from mmar.data.digits import DigitsDataModule, stratified_split
 from mmar.data.image_folder import ImageFolderDataset
 from mmar.data.shapes import ShapesDataset
+from mmar.data.video import MovingDigitsDataModule
 from mmar.errors import ConfigError
 from mmar.io import atomic_write
 
@@ -58,11 +60,12 @@ def cache_tokens(
     progress: bool = True,
     text: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Encode every image batch of `dataloader` and save the ids and labels as a cache in `path`.
+    """Encode every image (or video) batch of `dataloader` and save the ids and labels as a cache in `path`.
 
     Args:
         tokenizer: a discrete `tokenizers_visual.base.Tokenizer` (put in eval mode here).
-        dataloader: yields {"image": [B, C, H, W] in [-1, 1], "label": [B]} (None batches are skipped);
+        dataloader: yields {"image": [B, C, H, W] in [-1, 1], "label": [B]} (or "video" [B, C, T, H, W] for a
+            video tokenizer; None batches are skipped);
             it should not shuffle, so item i of the cache is item i of the dataset.
         path: output folder (created).
         tokenizer_path: where the tokenizer was loaded from, recorded in `meta.json`.
@@ -89,8 +92,14 @@ def cache_tokens(
         for batch in tqdm(dataloader, desc="caching tokens", disable=not progress):
             if batch is None:  # every item of the batch was unreadable and skipped
                 continue
-            images = batch["image"].to(device)  # [B, C, H, W]
-            ids = tokenizer.encode(images)  # [B, h, w]
+            key = "video" if getattr(tokenizer, "modality", "image") == "video" else "image"
+            if key not in batch:
+                raise ConfigError(
+                    f"the {tokenizer.name} tokenizer encodes {key}s but the data gives {sorted(batch)}; "
+                    f"cache {key} data with it"
+                )
+            images = batch[key].to(device)  # [B, C, H, W] or [B, C, T, H, W]
+            ids = tokenizer.encode(images)  # [B, *grid]
             if tokens and ids.shape[1:] != tokens[0].shape[1:]:
                 raise ConfigError(
                     f"token grid changed from {tuple(tokens[0].shape[1:])} to {tuple(ids.shape[1:])} "
@@ -150,7 +159,7 @@ def embed_captions(text: torch.nn.Module, distinct: list[str], progress: bool, b
     }
 
 
-DATASETS = ("digits", "image_folder", "shapes", "captioned_folder")
+DATASETS = ("digits", "image_folder", "shapes", "captioned_folder", "moving_digits")
 
 
 def ordered_dataset(
@@ -163,14 +172,29 @@ def ordered_dataset(
     seed: int = 0,
     num_items: int = 20000,
     compositions: str = "seen",
+    num_frames: int = 9,
+    labels: str = "digit",
 ) -> Dataset:
     """The images to encode, in a fixed order (no shuffling, no augmentation).
 
     `data` is "digits" (the embedded digits, `split` of a seeded `val_fraction` split, 32x32 by default),
     "image_folder" (`root`/<class>/<images>, 256x256 by default, `channels` 1 or 3), "shapes" (`num_items`
     captioned scenes of `split`, only the `compositions` given, 32x32 by default) or "captioned_folder"
-    (`root` with caption sidecars or a .jsonl manifest, 256x256 by default).
+    (`root` with caption sidecars or a .jsonl manifest, 256x256 by default) or "moving_digits" (`num_items`
+    clips of `num_frames` frames of `split`, 32x32 by default, "label" as `labels`).
     """
+    if data == "moving_digits":
+        dm = MovingDigitsDataModule(
+            image_size=image_size or 32,
+            num_frames=num_frames,
+            num_clips_train=max(num_items, 1),
+            num_clips_val=num_items,
+            val_fraction=val_fraction,
+            seed=seed,
+            labels=labels,
+        )
+        dm.setup()
+        return dm.train_dataset if split == "train" else dm.val_dataset
     if data == "shapes":
         size = image_size or 32
         return ShapesDataset(num_items, image_size=size, seed=seed, split=split, compositions=compositions)
@@ -260,7 +284,7 @@ CAPTION_KEYS = ("caption_embeddings", "caption_valid")  # per distinct caption, 
 
 
 class TokenCacheDataset(Dataset):
-    """Cached ids; each item is {"tokens": long [h, w], "label"?: long scalar, "image"?: [C, H, W],
+    """Cached ids; each item is {"tokens": long [*grid], "label"?: long scalar, "image"?: [C, H, W],
     "caption"?: str, "caption_embedding"?: float16 [n, E], "caption_valid"?: bool [n]}."""
 
     def __init__(self, tensors: dict[str, torch.Tensor], captions: list[str] | None = None):
@@ -273,7 +297,7 @@ class TokenCacheDataset(Dataset):
         return len(self.tensors["tokens"])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        item = {key: value[index] for key, value in self.tensors.items()}
+        item = {key: value[index] for key, value in self.tensors.items()}  # tokens [*grid], ...
         if self.caption_index is None:
             return item
         row = self.caption_index[index]

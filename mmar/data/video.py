@@ -11,7 +11,13 @@ clips draw from disjoint digit images: the class-stratified split of `mmar.data.
 The default T = 9 frames (a first frame + 8) suits a causal tokenizer with temporal downsampling 4
 (1 + 8 / 4 = 3 latent frames); T = 5 suits downsampling 2.
 
-Batches: {"video": float32 [B, 1, T, H, W] in [-1, 1], "label": long [B]} (the digit's class).
+Each clip also carries its motion: `direction`, the compass direction of its first step (frame 0 -> 1,
+after any bounce), one of the 8 `DIRECTIONS`. The condition label is the digit's class (`labels="digit"`,
+10 classes) or the digit and the direction together (`labels="digit_direction"`: direction * 10 + digit,
+80 classes), so a class-conditional generator can be asked for "a 3 moving left".
+
+Batches: {"video": float32 [B, 1, T, H, W] in [-1, 1], "label": long [B], "digit": long [B],
+"direction": long [B]}.
 """
 
 from __future__ import annotations
@@ -26,6 +32,22 @@ from mmar.errors import ConfigError
 
 BACKGROUND = -1.0
 SPLITS = {"train": 0, "val": 1}
+DIRECTIONS = ("up", "up-right", "right", "down-right", "down", "down-left", "left", "up-left")
+STEPS = ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))  # (row, col) signs
+LABELS = ("digit", "digit_direction")
+
+
+def direction_of(positions: np.ndarray) -> int:
+    """Index in `DIRECTIONS` of the first step of a trajectory [T >= 2, 2] of (row, col) positions."""
+    step = tuple(int(v) for v in np.sign(positions[1] - positions[0]))
+    return STEPS.index(step)
+
+
+def num_label_classes(labels: str) -> int:
+    """Condition classes of a `labels` choice: 10 digits, or 10 digits x 8 directions."""
+    if labels not in LABELS:
+        raise ConfigError(f"labels='{labels}' must be one of {LABELS}")
+    return NUM_CLASSES * (len(DIRECTIONS) if labels == "digit_direction" else 1)
 
 
 def bounce_trajectory(start: np.ndarray, velocity: np.ndarray, limit: int, num_frames: int) -> np.ndarray:
@@ -57,6 +79,7 @@ class MovingDigitsDataset(Dataset):
         seed: seed of the clip generator.
         split: "train" or "val"; mixed into the per-item seed so splits get different clips.
         source_indices: long [N], index of each sprite in `load_digits_images` (for provenance).
+        label_kind: what "label" holds: "digit" or "digit_direction" (direction * 10 + digit).
     """
 
     def __init__(
@@ -70,9 +93,13 @@ class MovingDigitsDataset(Dataset):
         seed: int = 0,
         split: str = "train",
         source_indices: torch.Tensor | None = None,
+        label_kind: str = "digit",
     ):
         digit_size = sprites.shape[-1]
         _check_geometry(image_size, digit_size, num_frames, max_speed)
+        num_label_classes(label_kind)  # validates the choice
+        if label_kind == "digit_direction" and num_frames < 2:
+            raise ConfigError("labels='digit_direction' needs num_frames >= 2 (a first step to move)")
         if len(sprites) == 0:
             raise ConfigError("MovingDigitsDataset needs at least one digit image; lower val_fraction")
         if num_clips < 0:
@@ -85,6 +112,7 @@ class MovingDigitsDataset(Dataset):
         self.seed = seed
         self.split_id = SPLITS[split]
         self.source_indices = torch.arange(len(sprites)) if source_indices is None else source_indices
+        self.label_kind = label_kind
 
     def __len__(self) -> int:
         return self.num_clips
@@ -109,7 +137,11 @@ class MovingDigitsDataset(Dataset):
         video = torch.full((1, self.num_frames, s, s), BACKGROUND)  # [1, T, S, S]
         for t, (row, col) in enumerate(positions.tolist()):
             video[:, t, row : row + d, col : col + d] = sprite
-        return {"video": video, "label": self.labels[digit]}
+        label = self.labels[digit]
+        direction = torch.tensor(direction_of(positions) if self.num_frames > 1 else 0)
+        if self.label_kind == "digit_direction":
+            label = direction * NUM_CLASSES + label
+        return {"video": video, "label": label, "digit": self.labels[digit], "direction": direction}
 
 
 def _check_geometry(image_size: int, digit_size: int, num_frames: int, max_speed: int) -> None:
@@ -141,9 +173,8 @@ class MovingDigitsDataModule(SplitDataModule):
         val_fraction: fraction of each digit class whose images only appear in val clips.
         seed: seed of the digit split and of the clips.
         num_workers: DataLoader worker processes.
+        labels: the condition label, "digit" (10 classes) or "digit_direction" (80: direction * 10 + digit).
     """
-
-    num_classes: int = NUM_CLASSES
 
     def __init__(
         self,
@@ -157,9 +188,12 @@ class MovingDigitsDataModule(SplitDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         num_workers: int = 0,
+        labels: str = "digit",
     ):
         super().__init__(batch_size, num_workers)
         self.save_hyperparameters()
+        self.num_classes = num_label_classes(labels)
+        self.labels = labels
         self.image_size = image_size
         self.num_frames = num_frames
         self.digit_size = image_size // 2 if digit_size is None else digit_size
@@ -199,4 +233,5 @@ class MovingDigitsDataModule(SplitDataModule):
             self.seed,
             split,
             source_indices=idx,
+            label_kind=self.labels,
         )

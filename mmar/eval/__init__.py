@@ -1,6 +1,6 @@
 """Evaluation: ADM-protocol FID / sFID / IS / precision-recall (`fid`, on `inception` features), StyleGAN-V
-FVD (`fvd`), the Fréchet distance, tokenizer metrics and the embedded digits metric (not Inception FID).
-See docs/evaluation.md."""
+FVD (`fvd`), the Fréchet distance, tokenizer metrics and the embedded digits and moving-digits metrics
+(`embedded`, `video`: not Inception FID or FVD). See docs/evaluation.md."""
 
 from mmar.eval.embedded import (
     DigitsClassifier,
@@ -27,6 +27,12 @@ from mmar.eval.tokenizer_metrics import (
     reconstruction_fd,
     ssim,
 )
+from mmar.eval.video import (
+    MovingDigitsClassifier,
+    MovingDigitsMetrics,
+    load_video_classifier,
+    train_video_classifier,
+)
 
 __all__ = [
     "CodebookUsage",
@@ -34,6 +40,8 @@ __all__ = [
     "DigitsMetrics",
     "I3DFeatures",
     "InceptionFeatures",
+    "MovingDigitsClassifier",
+    "MovingDigitsMetrics",
     "as_frames",
     "feature_statistics",
     "frechet_distance",
@@ -42,6 +50,7 @@ __all__ = [
     "inception_score",
     "load_digits_classifier",
     "load_reference",
+    "load_video_classifier",
     "perturbed_fd",
     "precision_recall",
     "psnr",
@@ -50,4 +59,5 @@ __all__ = [
     "ssim",
     "to_uint8",
     "train_digits_classifier",
+    "train_video_classifier",
 ]

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageSequence
 from torch import nn
 from tqdm import tqdm
 
@@ -24,6 +23,7 @@ from mmar.errors import ConfigError
 from mmar.eval.frechet import feature_statistics, frechet_distance
 from mmar.eval.inception import fetch_weights
 from mmar.io import load_uint8_npz
+from mmar.video_io import read_video
 
 I3D_URL = "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt?dl=1"
 FVD_FRAMES = 16
@@ -77,12 +77,9 @@ def video_batches(source: str | Path, batch_size: int = 16) -> tuple[int, Iterat
 
 def _read_gifs(files: list[Path], batch_size: int) -> Iterator[torch.Tensor]:
     for start in range(0, len(files), batch_size):
-        videos = []
-        for path in files[start : start + batch_size]:
-            with Image.open(path) as gif:
-                frames = [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(gif)]
-            videos.append(torch.from_numpy(np.stack(frames)).permute(3, 0, 1, 2))  # (3, T, H, W)
-        yield torch.stack(videos)
+        batch = files[start : start + batch_size]
+        videos = [torch.from_numpy(read_video(path, channels=3)) for path in batch]  # (T, H, W, 3) each
+        yield torch.stack(videos).permute(0, 4, 1, 2, 3)  # (B, 3, T, H, W)
 
 
 def i3d_features(

@@ -1,7 +1,8 @@
 """GeneratorModule: trunk + prediction unit + conditioning over a frozen tokenizer.
 
-Training batches are either images ({"image", ...}, tokenised on the fly by the frozen tokenizer) or
-cached tokens ({"tokens", ...}, from `scripts/cache_tokens.py`), with what the condition reads: "label"
+Training batches are either images ({"image", ...}) or videos ({"video": [B, C, T, H, W], ...} with a video
+tokenizer and `num_frames`), tokenised on the fly by the frozen tokenizer, or cached tokens ({"tokens",
+...}, from `scripts/cache_tokens.py`), with what the condition reads: "label"
 for a class condition (the default), "caption" (or cached caption embeddings) for a text condition.
 Hyper-parameters are primitives, so checkpoints load with `weights_only=True`; EMA comes from
 Lightning's `EMAWeightAveraging` callback in the config, whose averaged weights are what the
@@ -17,7 +18,7 @@ from lightning.pytorch import LightningModule
 
 from mmar.conditioning import build_condition
 from mmar.errors import ConfigError
-from mmar.lit.image_tokens import image_tokens_of
+from mmar.lit.batch_tokens import batch_tokens
 from mmar.lit.optim import configure_adamw
 from mmar.sampling import Sampler
 from mmar.trunk import Trunk, trunk_config
@@ -34,6 +35,7 @@ class GeneratorModule(LightningModule):
         trunk: str = "debug",
         trunk_overrides: dict | None = None,
         image_size: int = 32,
+        num_frames: int | None = None,
         num_classes: int = 10,
         class_dropout: float = 0.1,
         condition: dict | None = None,
@@ -53,7 +55,8 @@ class GeneratorModule(LightningModule):
             unit_kwargs: extra constructor arguments of the unit.
             trunk: trunk preset name (debug, S, B, L).
             trunk_overrides: TrunkConfig fields that override the preset, e.g. {"n_layer": 4}.
-            image_size: training image size; with the tokenizer it fixes the token grid.
+            image_size: training image (or video frame) size; with the tokenizer it fixes the token grid.
+            num_frames: frames T per clip for a video tokenizer (grid (t, h, w), 3D RoPE); None for images.
             num_classes: number of classes (a null class is added for guidance).
             class_dropout: probability of replacing a label with the null class in training.
             condition: the condition by class path, e.g. {"class_path": "mmar.conditioning.TextCondition",
@@ -87,8 +90,8 @@ class GeneratorModule(LightningModule):
                 f"model.vocab_size={vocab_size} does not match the tokenizer at '{tokenizer}' "
                 f"(vocabulary {self.tokenizer.vocab_size}); use the tokenizer the generator was trained with"
             )
-        self.image_shape = (self.tokenizer.in_channels, image_size, image_size)
-        self.grid = self.tokenizer.grid(self.image_shape)
+        self.input_shape = self._input_shape(tokenizer, image_size, num_frames)
+        self.grid = self.tokenizer.grid(self.input_shape)
         config = trunk_config(trunk, **(trunk_overrides or {}))
         self.trunk = Trunk(config)
         self.conditioning = build_condition(condition, config.d_model, num_classes, class_dropout)
@@ -110,6 +113,23 @@ class GeneratorModule(LightningModule):
         self.save_hyperparameters()
         self.hparams.vocab_size = self.tokenizer.vocab_size  # checkpoints remember the vocabulary they need
 
+    def _input_shape(self, path: str, image_size: int, num_frames: int | None) -> tuple[int, ...]:
+        """(C, H, W) of an image tokenizer, (C, T, H, W) of a video tokenizer; ConfigError on a mismatch."""
+        video = self.tokenizer.modality == "video"
+        if video and num_frames is None:
+            raise ConfigError(
+                f"the tokenizer at '{path}' ({self.tokenizer.name}) is a video tokenizer: set "
+                "model.num_frames to the clips' frame count (e.g. 9)"
+            )
+        if not video and num_frames is not None:
+            raise ConfigError(
+                f"model.num_frames={num_frames} asks for a video generator but the tokenizer at '{path}' "
+                f"({self.tokenizer.name}) is an image tokenizer; use a video tokenizer (video_fsq) or drop "
+                "num_frames"
+            )
+        frames = (num_frames,) if video else ()
+        return (self.tokenizer.in_channels, *frames, image_size, image_size)
+
     def train(self, mode: bool = True):
         super().train(mode)
         self.tokenizer.eval()  # frozen: never in training mode
@@ -117,7 +137,7 @@ class GeneratorModule(LightningModule):
 
     def tokens_of(self, batch: dict) -> torch.Tensor:
         """Token grid [B, *grid] of a batch: cached tokens, or images encoded by the tokenizer."""
-        return image_tokens_of(batch, self.tokenizer, self.image_shape)
+        return batch_tokens(batch, self.tokenizer, self.input_shape)
 
     def step_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         tokens, padding = self.tokens_of(batch), {}
@@ -144,15 +164,19 @@ class GeneratorModule(LightningModule):
         self.log_dict({f"val/{k}": v for k, v in losses.items()}, prog_bar=True, sync_dist=True)
 
     @torch.no_grad()
-    def generate(self, conditions, sampler: Sampler | None = None, layout=None) -> torch.Tensor:
-        """Samples: conditions (labels [B], or B captions for a text condition) -> images [B, C, H, W] in
-        [-1, 1].
+    def generate(
+        self, conditions, sampler: Sampler | None = None, layout=None, prefix: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Samples: conditions (labels [B], or B captions for a text condition) -> images [B, C, H, W] (videos
+        [B, C, T, H, W]) in [-1, 1].
 
-        Variable-length tokenizers (subobject) generate the embeddings of a given geometry: `layout` is
-        `tokenizer.encode(reference_images)`, whose segments, boxes and padding mask are kept.
+        `prefix` continues given tokens: the first k latent frames [B, k, h, w] of a video (or rows of an
+        image), kept exactly (see `generate_tokens`). Variable-length tokenizers (subobject) generate the
+        embeddings of a given geometry: `layout` is `tokenizer.encode(reference_images)`, whose segments,
+        boxes and padding mask are kept.
         """
         if not self.tokenizer.variable_length:
-            return self.tokenizer.decode(self.generate_tokens(conditions, sampler))
+            return self.tokenizer.decode(self.generate_tokens(conditions, sampler, prefix=prefix))
         if layout is None:
             raise ConfigError(
                 f"the {self.tokenizer.name} tokenizer decodes embeddings onto a segmentation: pass "
@@ -162,13 +186,53 @@ class GeneratorModule(LightningModule):
         return self.tokenizer.decode(dataclasses.replace(layout.to(self.device), embeddings=embeddings))
 
     @torch.no_grad()
-    def generate_tokens(self, conditions, sampler: Sampler | None = None, **unit_kwargs) -> torch.Tensor:
+    def generate_tokens(
+        self, conditions, sampler: Sampler | None = None, prefix: torch.Tensor | None = None, **unit_kwargs
+    ) -> torch.Tensor:
         """Token grids: conditions (labels [B] or B captions) -> tokens [B, *grid]; `unit_kwargs` go to the
-        unit's `generate` (e.g. `teacher` and `teacher_prob` for the next-token unit)."""
+        unit's `generate` (e.g. `teacher` and `teacher_prob` for the next-token unit).
+
+        With `prefix` (tokens of the first k slices of the grid's first axis, [B, k, *grid[1:]]: the first
+        latent frames of a video, a continuation or image-to-video prompt) the output starts with exactly
+        those tokens and the unit generates the rest conditioned on them."""
         sampler = sampler or Sampler()
+        if prefix is not None:
+            if not self.unit.supports_prefix:
+                able = sorted(name for name, cls in UNITS.items() if cls.supports_prefix)
+                raise ConfigError(
+                    f"the {self.unit.name} unit cannot continue a prefix; units that can: {able}"
+                )
+            unit_kwargs["prefix"] = prefix.to(self.device)
         cond = self.conditioning.for_sampling(conditions, sampler.guided)
         trunk = self.trunk.with_prefix_padding(cond.valid)
         return self.unit.generate(trunk, cond.tokens, self.grid, sampler, **unit_kwargs)
+
+    @torch.no_grad()
+    def continue_video(
+        self, clips: torch.Tensor, conditions, given_frames: int = 1, sampler: Sampler | None = None
+    ) -> torch.Tensor:
+        """Frame-conditioned generation (video prediction, image-to-video): clips [B, C, T, H, W] in [-1, 1]
+        -> videos of the same shape whose first frames are the clips' own, bit for bit, and the rest
+        generated.
+
+        The clips are encoded and their first `given_frames` latent frames are the prefix the unit continues
+        (`generate_tokens`); the output keeps the video frames those latent frames code
+        (`tokenizer.frames_of`: 1 + (k - 1) * t_down for a causal tokenizer) from the input, and the frames
+        after them decoded from every token, given and generated."""
+        if self.tokenizer.modality != "video":
+            raise ConfigError("continue_video needs a video generator (video tokenizer, model.num_frames)")
+        if not 0 < given_frames < self.grid[0]:
+            raise ConfigError(
+                f"given_frames={given_frames} must lie in [1, {self.grid[0] - 1}]: the clips have "
+                f"{self.grid[0]} latent frames and at least one must be generated"
+            )
+        clips = clips.to(self.device)
+        tokens = batch_tokens({"video": clips}, self.tokenizer, self.input_shape)  # (B, t, h, w)
+        generated = self.generate_tokens(conditions, sampler, prefix=tokens[:, :given_frames])
+        videos = self.tokenizer.decode(generated).float().clamp(-1, 1)
+        kept = self.tokenizer.frames_of(given_frames)
+        videos[:, :, :kept] = clips[:, :, :kept].to(videos.dtype)
+        return videos
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.generate(self.conditioning.values_of(batch))

@@ -23,7 +23,7 @@ from lightning.pytorch import LightningModule
 from mmar.errors import ConfigError
 from mmar.heads.categorical import CategoricalHead
 from mmar.kernels import Causal, linear_cross_entropy
-from mmar.lit.image_tokens import image_tokens_of
+from mmar.lit.batch_tokens import batch_tokens
 from mmar.lit.optim import configure_adamw
 from mmar.sampling import Sampler
 from mmar.stream import IMAGE, MODALITIES, TEXT, StreamLayout, StreamVocab, pad
@@ -110,6 +110,11 @@ class StreamModule(LightningModule):
                 f"the image tokenizer at '{path}' ({tokenizer.name}) does not give one discrete id per grid "
                 "cell; the unified stream needs a VQ/LFQ/FSQ tokenizer"
             )
+        if tokenizer.modality != "image":
+            raise ConfigError(
+                f"the tokenizer at '{path}' ({tokenizer.name}) is a {tokenizer.modality} tokenizer; the "
+                "unified stream holds images (2D grids): pass an image tokenizer"
+            )
         if expected_vocab is not None and expected_vocab != tokenizer.vocab_size:
             raise ConfigError(
                 f"the image tokenizer at '{path}' has {tokenizer.vocab_size} codes but the model was trained "
@@ -180,7 +185,7 @@ class StreamModule(LightningModule):
 
     def image_tokens(self, batch: dict) -> torch.Tensor:
         """Image token grid [B, *grid] of a captioned batch: cached tokens, or images encoded here."""
-        tokens = image_tokens_of(batch, self.image_tokenizer, self.image_shape)
+        tokens = batch_tokens(batch, self.image_tokenizer, self.image_shape)
         if tuple(tokens.shape[1:]) != self.layout.grid:
             raise ConfigError(
                 f"cached tokens of grid {tuple(tokens.shape[1:])} do not match the model's grid "

@@ -7,6 +7,10 @@ A unit owns its input embedding and head(s) and four methods:
 - `generate(trunk, cond, grid, sampler) -> tokens`: the inference loop (KV cache where it applies)
 - `num_steps(grid) -> int`: trunk forward passes `generate` makes (tests hold this to the paper)
 
+Units with `supports_prefix` also continue a given prefix: `generate(..., prefix=tokens [B, k, ...])`
+keeps the first k slices of the grid's first axis (the first k latent frames of a video, the first k
+rows of an image) exactly as given and generates the rest conditioned on them.
+
 Adding a paradigm is one new file with a `PredictionUnit` subclass and one line in `units/__init__.py`.
 """
 
@@ -48,6 +52,8 @@ class PredictionUnit(nn.Module):
     name: ClassVar[str]
     token_kinds: ClassVar[tuple[str, ...]] = ("discrete",)
     """Tokenizer kinds ("discrete", "continuous") this unit can model."""
+    supports_prefix: ClassVar[bool] = False
+    """Whether `generate` takes `prefix` (continuation of given leading frames or rows)."""
 
     def __init__(self, d_model: int, grid: tuple[int, ...], vocab_size: int | None = None):
         super().__init__()
@@ -70,6 +76,23 @@ class PredictionUnit(nn.Module):
             raise ConfigError(
                 f"cannot generate on grid {tuple(grid)}: this {self.name} unit was built for {self.grid}"
             )
+
+    def check_prefix(self, prefix: torch.Tensor, batch: int) -> torch.Tensor:
+        """A continuation prefix [B, k, *grid[1:], *token_shape] -> its tokens in raster order
+        [B, k * prod(grid[1:]), *token_shape]: the first cells of the flattened grid."""
+        inner = self.grid[1:]
+        if (
+            prefix.ndim < 1 + len(self.grid)
+            or tuple(prefix.shape[2 : 1 + len(self.grid)]) != inner
+            or not 0 < prefix.shape[1] < self.grid[0]
+            or len(prefix) != batch
+        ):
+            raise ConfigError(
+                f"a prefix to continue must hold the first k of the grid's {self.grid[0]} leading slices, "
+                f"[{batch}, k, {', '.join(map(str, inner))}] with 0 < k < {self.grid[0]}, got "
+                f"{tuple(prefix.shape)}"
+            )
+        return prefix.flatten(1, len(self.grid))
 
     def set_progress(self, progress: float) -> None:
         """Hook called by `GeneratorModule` before each training step with the fraction of training done

@@ -41,6 +41,7 @@ class HiMAR(MaskedAR):
     name = "hi_mar"
     token_kinds = ("continuous",)  # pivots are averages of latents
     supports_padding = False
+    supports_prefix = False  # the pivots summarise the whole grid: a given part would have to fix them
 
     def __init__(
         self,

@@ -11,7 +11,8 @@ Generation: K steps over a random order; after step k, floor(N cos(pi/2 (k + 1) 
 masked, clamped to at least one and at most one fewer than were masked before (all revealed at the
 last step). Guidance acts on the head's velocity with shared noise; with the sampler's "linear" schedule
 its scale is 1 + (s - 1) (N - masked) / N, MAR's ramp in the revealed fraction; temperature scales the
-head's sampling noise. A trunk pass per step: K steps.
+head's sampling noise. A trunk pass per step: K steps. The tokens of a continuation `prefix` start
+unmasked, are read by every step and never resampled; the schedule runs over the others.
 
 Variable-length tokens (the subobject tokenizer's padded segments) come with `valid` [B, N]: padding is
 never masked, predicted or attended to, and each image runs the schedule over its own K_b real tokens.
@@ -52,6 +53,7 @@ class MaskedAR(PredictionUnit):
     name = "masked_ar"
     token_kinds = ("continuous", "discrete")
     supports_padding = True
+    supports_prefix = True
 
     def __init__(
         self,
@@ -170,18 +172,26 @@ class MaskedAR(PredictionUnit):
         grid: tuple[int, ...],
         sampler: Sampler,
         valid: torch.Tensor | None = None,
+        prefix: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """cond [B or 2B (CFG), n_cond, D] -> tokens [B, *grid, C] in K bidirectional steps; with a padding
-        mask valid [B, N] only the real tokens are generated (padding stays zero)."""
+        mask valid [B, N] only the real tokens are generated (padding stays zero); the tokens of a
+        `prefix` [B, k, *grid[1:], C] (the first frames or rows) are given, unmasked from the start."""
         self.check_grid(grid)
         b = cond.shape[0] // 2 if sampler.guided else cond.shape[0]
         padded = valid is not None
         valid = valid.bool().to(cond.device) if padded else torch.ones(b, self.seq_len, dtype=torch.bool)
+        valid = valid.to(cond.device)
         x = torch.zeros(b, self.seq_len, *self.token_dims, device=cond.device, dtype=self.token_dtype)
-        state = (x, valid.to(cond.device).clone())  # tokens so far, and which are still masked
+        region = valid.clone()  # what to generate
+        if prefix is not None:
+            given = self.check_prefix(prefix, b)
+            x[:, : given.shape[1]] = given.to(x.dtype)
+            region[:, : given.shape[1]] = False
+        state = (x, region.clone())  # tokens so far, and which are still masked
         generator = sampler.generator(cond.device)
-        keys = valid.to(cond.device) if padded else None  # padding is never attended to
-        self.unmask(trunk, cond, state, valid.to(cond.device), self.steps, sampler, generator, keys)
+        keys = valid if padded else None  # padding is never attended to
+        self.unmask(trunk, cond, state, region, self.steps, sampler, generator, keys)
         return x.unflatten(1, self.grid)
 
     def decoding_layout(

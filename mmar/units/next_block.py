@@ -11,6 +11,8 @@ makes one trunk call per block, sampling all S tokens of the next block in paral
 cache one block at a time: steps = number of blocks.
 
 With blocks of one token the sequence, positions, mask and loss are exactly those of next-token.
+Continuing a prefix (the first k frames, k a multiple of the block's extent in time) feeds its m blocks
+in the first pass: K - m passes.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def block_order(grid: tuple[int, ...], block: tuple[int, ...]) -> torch.Tensor:
 
 class NextBlock(PredictionUnit):
     name = "next_block"
+    supports_prefix = True
 
     def __init__(
         self,
@@ -117,8 +120,12 @@ class NextBlock(PredictionUnit):
         grid: tuple[int, ...],
         sampler: Sampler,
         use_cache: bool = True,
+        prefix: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Decode block by block. cond [B or 2B (CFG), n_cond, D] -> tokens [B, *grid, *token_shape]."""
+        """Decode block by block. cond [B or 2B (CFG), n_cond, D] -> tokens [B, *grid, *token_shape].
+
+        With `prefix` [B, k, *grid[1:]] (k a multiple of the block's first side), its blocks are the
+        output's first ones, fed in the first trunk pass after the start block."""
         self.check_grid(grid)
         n_cond, s = cond.shape[1], self.block_size
         positions, blocks = self.layout(n_cond, cond.device)
@@ -126,7 +133,18 @@ class NextBlock(PredictionUnit):
         cache = trunk.make_cache(cond.shape[0], length, cond.device, cond.dtype) if use_cache else None
         generator = sampler.generator(cond.device)
         seq, out = self.start_block(cond), []  # seq: what the next trunk call sees
-        for k in range(self.num_blocks):
+        if prefix is not None:
+            given = self.check_prefix(prefix, cond.shape[0] // (2 if sampler.guided else 1))
+            if prefix.shape[1] % self.block[0]:
+                raise ConfigError(
+                    f"a prefix of {prefix.shape[1]} slices is not a whole number of blocks "
+                    f"{list(self.block)}; give a multiple of {self.block[0]}"
+                )
+            given = given[:, self.order[: given.shape[1]].to(given.device)]  # block-major: whole blocks
+            out = list(given.split(s, dim=1))
+            fed = torch.cat([given, given]) if sampler.guided else given
+            seq = torch.cat([seq, self.head.embed(fed)], dim=1)
+        for k in range(len(out), self.num_blocks):
             start = cache.length if use_cache else 0
             hidden = trunk(seq, positions[start : start + seq.shape[1]], mask, cache=cache)[
                 :, -s:

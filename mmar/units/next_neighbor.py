@@ -9,6 +9,8 @@ heads predict neighbours: the head of axis a maps the hidden state of p to the d
 the condition predicts the first token. A token reachable from two (or three) predecessors gets the
 average of their heads' logits at generation time. Generation decodes one anti-diagonal per trunk call,
 writing the KV cache one diagonal at a time: 2n - 1 steps for n x n (t + h + w - 2 for video).
+Continuing a prefix (the first k frames or rows) writes its given tokens over the sampled ones on every
+diagonal, so each later token reads them wherever the proximity mask lets it; the steps are unchanged.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class HeadLayer(nn.Module):
 
 class NextNeighbor(PredictionUnit):
     name = "next_neighbor"
+    supports_prefix = True
 
     def __init__(self, d_model: int, grid: tuple[int, ...], vocab_size: int):
         """Args: d_model, grid ((H, W) or (T, H, W)) and vocab_size from the trunk and tokenizer."""
@@ -99,8 +102,10 @@ class NextNeighbor(PredictionUnit):
         grid: tuple[int, ...],
         sampler: Sampler,
         use_cache: bool = True,
+        prefix: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Decode one anti-diagonal per step. cond [B or 2B (CFG), n_cond, D] -> tokens [B, *grid]."""
+        """Decode one anti-diagonal per step. cond [B or 2B (CFG), n_cond, D] -> tokens [B, *grid]; the
+        tokens of a `prefix` [B, k, *grid[1:]] are kept as given."""
         self.check_grid(grid)
         n_cond, steps, device = cond.shape[1], self.num_steps(grid), cond.device
         diagonals = [self.diagonal(d).to(device) for d in range(steps)]
@@ -114,6 +119,9 @@ class NextNeighbor(PredictionUnit):
         tokens = torch.zeros(
             cond.shape[0] // (2 if sampler.guided else 1), self.seq_len, dtype=torch.long, device=device
         )
+        given = None
+        if prefix is not None:
+            given = self.check_prefix(prefix, tokens.shape[0])  # (B, P): raster cells 0 .. P - 1
         seq = cond
         for d in range(steps):
             start = cache.length if use_cache else 0
@@ -128,6 +136,9 @@ class NextNeighbor(PredictionUnit):
             picked = sampler.pick(rows.flatten(0, 2), d / steps, generator).unflatten(
                 0, (-1, logits.shape[1])
             )
+            if given is not None:  # the given cells of this diagonal keep their tokens
+                known = diagonals[d] < given.shape[1]
+                picked[:, known] = given[:, diagonals[d][known]]
             tokens[:, diagonals[d]] = picked  # (B, T)
             fed = torch.cat([picked, picked]) if sampler.guided else picked
             embedded = self.head.embed(fed)  # (B', T, D)

@@ -3,7 +3,8 @@
 The sequence is `[cond, t_0, ..., t_{N-2}]` under a causal mask: the condition position predicts the
 first token and position i predicts token i. Image tokens carry their 2D (row, col) RoPE coordinates,
 condition tokens the zero rotation. Generation decodes one token per trunk call with a static KV cache:
-N forward passes for N tokens.
+N forward passes for N tokens. Continuing a prefix of P given tokens (`prefix`: the first frames or rows)
+feeds them with the condition in one pass and decodes the rest: N - P passes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from mmar.units.base import PredictionUnit, UnitBatch, grid_positions
 
 class NextToken(PredictionUnit):
     name = "next_token"
+    supports_prefix = True
 
     def __init__(
         self,
@@ -61,8 +63,12 @@ class NextToken(PredictionUnit):
         use_cache: bool = True,
         teacher: torch.Tensor | None = None,
         teacher_prob: float = 0.0,
+        prefix: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Decode N tokens one by one. cond [B or 2B (CFG), n_cond, D] -> tokens [B, *grid].
+
+        With `prefix` [B, k, *grid[1:]] (the first k frames or rows), its P tokens are the output's first
+        P, fed in the first trunk pass together with the condition; the N - P others are decoded.
 
         With `teacher` tokens [B, *grid] (RobusTok's decoder post-training), each generated token is
         replaced by the teacher's with probability `teacher_prob`, independently per sample and step,
@@ -82,7 +88,12 @@ class NextToken(PredictionUnit):
         )
         generator = sampler.generator(cond.device)
         seq, tokens = cond, []  # seq: what the next trunk call sees
-        for i in range(n):
+        if prefix is not None:
+            given = self.check_prefix(prefix, cond.shape[0] // (2 if sampler.guided else 1))
+            tokens = list(given.unbind(1))
+            fed = torch.cat([given, given]) if sampler.guided else given
+            seq = torch.cat([cond, self.head.embed(fed)], dim=1)
+        for i in range(len(tokens), n):
             start = cache.length if use_cache else 0
             inputs = self.add_target_embedding(seq, start, n_cond)
             hidden = trunk(inputs, positions[start : start + seq.shape[1]], Causal(), cache=cache)

@@ -1,5 +1,6 @@
-"""FVD plumbing: a randomly initialised TorchScript detector with StyleGAN-V's I3D call convention, saved
-and loaded through the local-path route; the clip length, input formats and errors."""
+"""FVD plumbing: a randomly initialised TorchScript detector with StyleGAN-V's I3D call convention
+(conftest's `RandomI3D`), saved and loaded through the local-path route; the clip length, input formats
+and errors."""
 
 import json
 
@@ -7,40 +8,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from mmar.errors import ConfigError
 from mmar.eval.frechet import feature_statistics, frechet_distance
 from mmar.eval.fvd import I3DFeatures, fvd, i3d_features, video_batches
-
-
-class RandomI3D(nn.Module):
-    """StyleGAN-V's detector signature: float videos [N, 3, T, H, W] in [0, 255] -> [N, 400]."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv3d(3, 8, kernel_size=3, padding=1)
-        self.proj = nn.Linear(8 * 4, 400)
-
-    def forward(
-        self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False
-    ):
-        if rescale:
-            x = x / 127.5 - 1
-        if resize:
-            x = nn.functional.interpolate(x, size=(x.shape[2], 16, 16), mode="trilinear", align_corners=False)
-        h = torch.relu(self.conv(x))  # (N, 8, T, 16, 16)
-        h = nn.functional.adaptive_avg_pool3d(h, (4, 1, 1)).flatten(1)  # (N, 32): keeps the time order
-        features = self.proj(h)
-        return features if return_features else features.softmax(-1)
-
-
-@pytest.fixture(scope="module")
-def detector_path(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("i3d") / "i3d_torchscript.pt"
-    torch.jit.script(RandomI3D()).save(str(path))
-    return str(path)
 
 
 def videos(seed: int, n: int = 10, frames: int = 16, speed: float = 1.0) -> torch.Tensor:
@@ -62,8 +33,7 @@ def test_fvd_is_the_frechet_distance_of_the_detector_features(detector_path):
         name: i3d_features(detector, [v[:6], v[6:]], len(v)) for name, v in [("r", real), ("f", fake)]
     }
     assert features["r"].shape == (10, 400)
-    direct = RandomI3D()
-    direct.load_state_dict(torch.jit.load(detector_path).state_dict())
+    direct = torch.jit.load(detector_path)  # the network itself, called without I3DFeatures
     with torch.no_grad():
         expected = direct(real.float(), rescale=True, resize=True, return_features=True).double().numpy()
     np.testing.assert_allclose(features["r"], expected, rtol=1e-5, atol=1e-5)
