@@ -4,15 +4,15 @@
     python scripts/compare_video.py --skip-training    # re-score the checkpoints already trained
 
 Every recipe uses the same trunk (4 layers, width 128), token cache, optimiser and wall-clock budget
-(--budget-minutes, the trainer's max_time), over the causal video tokenizer's 3 x 8 x 8 grid and 80
-classes (10 digits x 8 directions of motion). Each unit then samples --per-class clips of every class
-(guidance --cfg-scale, constant; temperature 1; batch 80; seed = batch index) and continues --continued
-held-out clips from their first latent frame (the first video frame); the moving-digits classifier
-(`mmar.eval.video`) scores both: class accuracy (the digit asked for), motion accuracy (the direction
-asked for, or the continued clip's own), temporal consistency and the classifier-feature Fréchet distance
-against held-out clips (not FVD). Trunk passes per clip are counted during sampling; seconds per clip is
-the wall time of class-conditional sampling divided by the clips (CPU). One example GIF per unit goes to
-docs/video_<unit>.gif.
+(--budget-minutes, the trainer's max_time), over the causal video tokenizer's 3 x 8 x 8 grid, conditioned on
+80 classes (10 digits x 8 directions of motion) or on the same in words ("a 3 moving left"). Each unit then
+samples --per-class clips of every class (guidance --cfg-scale, constant; temperature 1; batch 80; seed =
+batch index) and continues --continued held-out clips from their first latent frame (the first video frame);
+the moving-digits classifier (`mmar.eval.video`) scores both: class accuracy (the digit asked for), motion
+accuracy (the direction asked for, or the continued clip's own), temporal consistency and the classifier-
+feature Fréchet distance against held-out clips (not FVD). Trunk passes per clip are counted during sampling;
+seconds per clip is the wall time of class-conditional sampling divided by the clips (CPU). One example GIF
+per unit goes to docs/video_<unit>.gif.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmar.data.video import DIRECTIONS, NUM_CLASSES, MovingDigitsDataModule
+from mmar.data.video import DIRECTIONS, NUM_CLASSES, MovingDigitsDataModule, captions_of
 from mmar.eval.fid import to_uint8
 from mmar.eval.report import merge_rows, train_and_score, trainer_seconds, write_marked
 from mmar.eval.video import MovingDigitsMetrics
@@ -37,6 +37,11 @@ RECIPES = [
     f"configs/video/moving_digits_{unit}.yaml" for unit in ("next_token", "next_block", "next_neighbor")
 ]
 NUM_LABELS = NUM_CLASSES * len(DIRECTIONS)
+
+
+def conditions_of(model, labels: torch.Tensor):
+    """Labels for a class condition; their captions ("a 3 moving left") for a text condition."""
+    return captions_of(labels) if hasattr(model.conditioning, "encoder_name") else labels
 
 
 def held_out_clips(n: int, image_size: int) -> dict[str, torch.Tensor]:
@@ -61,14 +66,15 @@ def score(ckpt: Path, args: argparse.Namespace, metrics: MovingDigitsMetrics, he
     with PassCounter(model.trunk) as counter:
         for i, batch in enumerate(batches):
             sampler = Sampler(cfg_scale=args.cfg_scale, seed=i)
-            clips.append(model.generate(batch, sampler).float().clamp(-1, 1))
+            clips.append(model.generate(conditions_of(model, batch), sampler).float().clamp(-1, 1))
     seconds, passes = time.perf_counter() - start, counter.count / len(batches)
     clips = torch.cat(clips)
     write_example(clips, args.per_class, Path(args.docs).parent / f"video_{model.unit.name}.gif")
 
     continued = []
     for i, (given, batch) in enumerate(zip(held_out["video"].split(80), held_out["label"].split(80))):
-        continued.append(model.continue_video(given, batch, 1, Sampler(cfg_scale=args.cfg_scale, seed=i)))
+        sampler = Sampler(cfg_scale=args.cfg_scale, seed=i)
+        continued.append(model.continue_video(given, conditions_of(model, batch), 1, sampler))
     continued = torch.cat(continued)
     scored = metrics.compute(clips, labels % NUM_CLASSES, labels // NUM_CLASSES)
     scored_continued = metrics.compute(continued, held_out["label"] % NUM_CLASSES, held_out["direction"])

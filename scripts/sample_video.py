@@ -11,7 +11,8 @@ image-to-video): --continue-from a video file (.gif/.mp4/.webm/.npy), a folder o
 `moving_digits` (the first --num-clips clips of the embedded val split, with their own labels); the first
 --given-frames latent frames of each clip are given and kept bit for bit in the output
 (`GeneratorModule.continue_video`), the rest is generated, conditioned on --classes (one per clip or one
-for all; default the clips' labels, or the null class for files).
+for all; default the clips' labels, or the null class for files). A text-conditional moving-digits model
+(captions such as "a 3 moving left") takes the same class ids, turned into their captions.
 
 Writes clips/<i>.gif and clips/<i>.mp4 (the first --write-clips clips), strip.png (the first --strip-rows
 clips, a row of frames each), samples.npz (uint8 `videos` [N, T, H, W, C] and `labels` [N]: the layout
@@ -32,7 +33,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mmar.data.video import DIRECTIONS, NUM_CLASSES
+from mmar.data.video import DIRECTIONS, NUM_CLASSES, captions_of
 from mmar.errors import ConfigError, run_or_exit
 from mmar.eval.fid import to_uint8
 from mmar.io import save_npz
@@ -40,6 +41,8 @@ from mmar.lit.loading import load_generator
 from mmar.sampling import add_sampler_arguments, sampler_from_arguments
 from mmar.trunk import PassCounter
 from mmar.video_io import VIDEO_EXTENSIONS, read_video, save_strip, write_gif, write_mp4
+
+NUM_LABELS = NUM_CLASSES * len(DIRECTIONS)  # moving digits: a class per digit and direction
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,17 +65,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def text_conditioned(model) -> bool:
+    return hasattr(model.conditioning, "encoder_name")
+
+
+def num_classes(model) -> int:
+    """A class-conditional model's classes; a text-conditional one takes the moving digits' 80 captions."""
+    return getattr(model.conditioning, "num_classes", NUM_LABELS)
+
+
 def label_kind(model) -> str:
     """What a moving-digits generator's classes are: "digit_direction" (80 classes) or "digit"."""
-    return "digit_direction" if model.conditioning.num_classes == NUM_CLASSES * len(DIRECTIONS) else "digit"
+    return "digit_direction" if num_classes(model) == NUM_LABELS else "digit"
+
+
+def conditions_of(model, labels: torch.Tensor):
+    """What the model's condition reads: the labels, or for a text condition their captions."""
+    return captions_of(labels) if text_conditioned(model) else labels
 
 
 def class_labels(model, args: argparse.Namespace) -> torch.Tensor:
     """[N] labels of the class-conditional clips, grouped by class."""
-    num_classes = model.conditioning.num_classes
-    classes = args.classes if args.classes else list(range(num_classes))
-    if any(not 0 <= c < num_classes for c in classes):
-        raise ConfigError(f"--classes must lie in [0, {num_classes}), got {classes}")
+    num = num_classes(model)
+    classes = args.classes if args.classes else list(range(num))
+    if any(not 0 <= c < num for c in classes):
+        raise ConfigError(f"--classes must lie in [0, {num}), got {classes}")
     if args.per_class < 1:
         raise ConfigError(f"--per-class must be >= 1, got {args.per_class}")
     return torch.tensor(classes).repeat_interleave(args.per_class)
@@ -86,10 +103,9 @@ def conditioning_clips(model, args: argparse.Namespace) -> tuple[torch.Tensor, .
 
         if args.num_clips < 1:
             raise ConfigError(f"--num-clips must be >= 1, got {args.num_clips}")
-        kind = (
-            "digit_direction" if model.conditioning.num_classes == NUM_CLASSES * len(DIRECTIONS) else "digit"
+        data = MovingDigitsDataModule(
+            image_size=h, num_frames=t, num_clips_val=args.num_clips, labels=label_kind(model)
         )
-        data = MovingDigitsDataModule(image_size=h, num_frames=t, num_clips_val=args.num_clips, labels=kind)
         data.setup()
         items = [data.val_dataset[i] for i in range(args.num_clips)]
         clips = torch.stack([item["video"] for item in items])
@@ -110,7 +126,11 @@ def conditioning_clips(model, args: argparse.Namespace) -> tuple[torch.Tensor, .
                 "resize the clip first"
             )
         clips.append(video.permute(3, 0, 1, 2).float() / 127.5 - 1)  # (C, T, H, W) in [-1, 1]
-    null = model.conditioning.num_classes  # no --classes: the unconditional (null) class
+    if text_conditioned(model) and not args.classes:
+        raise ConfigError(
+            "a text-conditional model continues a file with --classes (the moving-digits captions)"
+        )
+    null = num_classes(model)  # no --classes: the unconditional (null) class
     return torch.stack(clips), torch.full((len(files),), null), None
 
 
@@ -120,8 +140,8 @@ def given_labels(labels: torch.Tensor, classes: list[int] | None, model) -> torc
         return labels
     if len(classes) not in (1, len(labels)):
         raise ConfigError(f"--classes takes one class or one per clip ({len(labels)}), got {len(classes)}")
-    if any(not 0 <= c < model.conditioning.num_classes for c in classes):
-        raise ConfigError(f"--classes must lie in [0, {model.conditioning.num_classes}), got {classes}")
+    if any(not 0 <= c < num_classes(model) for c in classes):
+        raise ConfigError(f"--classes must lie in [0, {num_classes(model)}), got {classes}")
     return torch.tensor(classes).expand(len(labels)).clone()
 
 
@@ -141,11 +161,12 @@ def run(args: argparse.Namespace) -> dict:
     with PassCounter(model.trunk) as counter:
         for i, batch in enumerate(tqdm(batches, desc="sampling", unit="batch")):
             sampler.seed = args.seed + i
+            conditions = conditions_of(model, batch)
             if clips is None:
-                videos.append(model.generate(batch, sampler).float().clamp(-1, 1).cpu())
+                videos.append(model.generate(conditions, sampler).float().clamp(-1, 1).cpu())
             else:
                 given = clips[i * args.batch_size : i * args.batch_size + len(batch)]
-                videos.append(model.continue_video(given, batch, args.given_frames, sampler).cpu())
+                videos.append(model.continue_video(given, conditions, args.given_frames, sampler).cpu())
     seconds = time.perf_counter() - start
     videos = torch.cat(videos)  # (N, C, T, H, W) in [-1, 1]
     uint8 = to_uint8(videos).permute(0, 2, 3, 4, 1).numpy()  # (N, T, H, W, C)
@@ -187,7 +208,7 @@ def embedded_metrics(model, videos: torch.Tensor, labels: torch.Tensor, directio
 
     if videos.shape[1] != 1:
         raise ConfigError("--embedded-metrics scores moving digits (grayscale clips); drop it for other data")
-    if (labels >= model.conditioning.num_classes).any():  # the null class has no digit to check
+    if (labels >= num_classes(model)).any():  # the null class has no digit to check
         raise ConfigError("--embedded-metrics needs a digit to check for every clip: pass --classes")
     if directions is None and label_kind(model) == "digit_direction":
         directions = labels // NUM_CLASSES

@@ -17,7 +17,8 @@ after any bounce), one of the 8 `DIRECTIONS`. The condition label is the digit's
 80 classes), so a class-conditional generator can be asked for "a 3 moving left".
 
 Batches: {"video": float32 [B, 1, T, H, W] in [-1, 1], "label": long [B], "digit": long [B],
-"direction": long [B]}.
+"direction": long [B], "caption": list[str]} — the caption says the same in words ("a 3 moving left"),
+for text-conditional generators (`mmar.conditioning.TextCondition`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,16 @@ def direction_of(positions: np.ndarray) -> int:
     """Index in `DIRECTIONS` of the first step of a trajectory [T >= 2, 2] of (row, col) positions."""
     step = tuple(int(v) for v in np.sign(positions[1] - positions[0]))
     return STEPS.index(step)
+
+
+def caption(digit: int, direction: int) -> str:
+    """What a clip shows, in words: "a 3 moving left"."""
+    return f"a {digit} moving {DIRECTIONS[direction]}"
+
+
+def captions_of(labels: torch.Tensor) -> list[str]:
+    """The captions of "digit_direction" labels (direction * 10 + digit): the same condition in words."""
+    return [caption(int(label) % NUM_CLASSES, int(label) // NUM_CLASSES) for label in labels]
 
 
 def num_label_classes(labels: str) -> int:
@@ -141,7 +152,13 @@ class MovingDigitsDataset(Dataset):
         direction = torch.tensor(direction_of(positions) if self.num_frames > 1 else 0)
         if self.label_kind == "digit_direction":
             label = direction * NUM_CLASSES + label
-        return {"video": video, "label": label, "digit": self.labels[digit], "direction": direction}
+        return {
+            "video": video,
+            "label": label,
+            "digit": self.labels[digit],
+            "direction": direction,
+            "caption": caption(int(self.labels[digit]), int(direction)),
+        }
 
 
 def _check_geometry(image_size: int, digit_size: int, num_frames: int, max_speed: int) -> None:

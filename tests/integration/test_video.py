@@ -339,3 +339,23 @@ def test_sample_eval_packs_clips_for_fvd(debug_video_generator, tmp_path):
         assert data["arr_0"].shape == (80, 9, 16, 16, 1)
         np.testing.assert_array_equal(data["arr_1"], np.arange(80))
     assert len(list((out / "images").iterdir())) == 80  # one strip PNG a clip
+
+
+def test_moving_digits_captions_condition_a_text_conditional_video_generator(
+    debug_video_tokenizer, load_script
+):
+    condition = {
+        "class_path": "mmar.conditioning.TextCondition",
+        "init_args": {"encoder": "all-MiniLM-L6-v2"},
+    }
+    model = generator(debug_video_tokenizer, condition=condition)
+    batch = video_batch(2)
+    assert batch["caption"][0].startswith("a ") and " moving " in batch["caption"][0]
+    assert torch.isfinite(model.step_losses(batch)["loss"])
+    clips = model.eval().generate(["a 3 moving left"], Sampler(seed=0, cfg_scale=2.0))
+    assert clips.shape == (1, 1, 9, 16, 16)
+    # the sampling scripts ask a text-conditional model for the classes' captions
+    assert load_script("sample_video").conditions_of(model, torch.tensor([13, 60])) == [
+        "a 3 moving up-right",
+        "a 0 moving left",
+    ]

@@ -135,3 +135,25 @@ def test_bad_arguments_name_the_field(kwargs, match):
 def test_too_small_digits_name_the_fix():
     with pytest.raises(ConfigError, match="image_size >= 8"):
         small_data(image_size=12, digit_size=6, max_speed=1)
+
+
+def test_direction_is_the_first_step_and_labels_combine_digit_and_direction():
+    from mmar.data.video import DIRECTIONS, STEPS
+
+    plain, both = small_data(), small_data(labels="digit_direction")
+    assert plain.num_classes == 10 and both.num_classes == 80
+    for i in range(16):
+        item, combined = plain.train_dataset[i], both.train_dataset[i]
+        _, positions = plain.train_dataset.trajectory(i)
+        step = tuple(int(v) for v in np.sign(positions[1] - positions[0]))
+        assert STEPS[int(item["direction"])] == step  # (row, col) signs of frame 0 -> 1
+        assert item["label"] == item["digit"] and combined["label"] == item["direction"] * 10 + item["digit"]
+        assert item["caption"] == f"a {int(item['digit'])} moving {DIRECTIONS[int(item['direction'])]}"
+    first = plain.train_dataset[0]["video"][0]  # the direction is what the pixels do: centre of mass
+    rows, cols = torch.meshgrid(torch.arange(24.0), torch.arange(24.0), indexing="ij")
+    mass = (first + 1).flatten(1).sum(1)
+    centre = lambda t: torch.stack([(rows * (first[t] + 1)).sum(), (cols * (first[t] + 1)).sum()]) / mass[t]
+    moved = tuple(int(v) for v in torch.sign(centre(1) - centre(0)))
+    assert moved == STEPS[int(plain.train_dataset[0]["direction"])]
+    with pytest.raises(ConfigError, match="labels"):
+        MovingDigitsDataModule(**{**SMALL, "labels": "motion"})
