@@ -35,7 +35,7 @@ def test_compare_video_trains_scores_and_writes_the_table(
     options = ["--budget-minutes", "1", "--per-class", "1", "--continued", "8", "--image-size", "16"]
     script.main(["--recipes", str(path), *options, "--docs", str(docs)])
     rows = {r["recipe"]: r for r in json.loads(docs.with_suffix(".json").read_text())}
-    assert set(rows) == {str(path), "real held-out clips"}
+    assert set(rows) == {str(path), "real held-out clips", "tokenizer reconstructions"}
     row = rows[str(path)]
     assert row["unit"] == "next_token" and row["steps"] == 2 and row["trainer_seconds"] > 0
     assert row["trunk_passes_per_clip"] == 48 and row["num_clips"] == 80 and row["num_continued"] == 8
