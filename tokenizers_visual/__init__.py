@@ -1,10 +1,11 @@
-"""Image and video tokenizers: the Tokenizer contract, its registry and the implementations.
+"""Image and video tokenizers on the `mmar.tokenizer` contract.
 
-Importing this package registers every tokenizer in `TOKENIZERS` (e.g. "vq"), so `load_tokenizer(path)`
-can rebuild any of them from a folder written by `save_pretrained`.
+Importing this package registers every tokenizer here in `mmar.tokenizer.TOKENIZERS` (e.g. "vq"), which
+`mmar.tokenizer.load_tokenizer(path)` does by itself the first time it meets a name it does not know. The
+contract's names are re-exported for the imports that predate `mmar.tokenizer`.
 """
 
-from tokenizers_visual.base import (
+from mmar.tokenizer import (
     TOKENIZERS,
     Tokenizer,
     load_tokenizer,

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from mmar.errors import ConfigError
-from tokenizers_visual.base import Tokenizer, register_tokenizer
+from mmar.tokenizer import Tokenizer, register_tokenizer
 from tokenizers_visual.kl_vae import LatentNormalization
 
 INSTALL_HINT = 'pip install "mmar[diffusers]"'

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from vector_quantize_pytorch import FSQ, LFQ
 
-from tokenizers_visual.base import register_tokenizer
+from mmar.tokenizer import register_tokenizer
 from tokenizers_visual.quantized import QuantizedTokenizer, require
 
 

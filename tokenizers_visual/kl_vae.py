@@ -26,7 +26,7 @@ import torch
 from einops import rearrange
 
 from mmar.errors import ConfigError
-from tokenizers_visual.base import Tokenizer, register_tokenizer
+from mmar.tokenizer import Tokenizer, register_tokenizer
 from tokenizers_visual.nets import Decoder, Encoder
 
 LOGVAR_RANGE = (-30.0, 20.0)  # LDM's clamp: keeps exp(logvar) finite early in training

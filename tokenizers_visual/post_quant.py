@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from mmar.errors import ConfigError
-from tokenizers_visual.base import TOKENIZERS, Tokenizer, register_tokenizer
+from mmar.tokenizer import TOKENIZERS, Tokenizer, register_tokenizer
 
 MAX_BITS = 16
 

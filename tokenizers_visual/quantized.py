@@ -20,7 +20,7 @@ import torch
 from einops import rearrange
 
 from mmar.errors import ConfigError
-from tokenizers_visual.base import Tokenizer
+from mmar.tokenizer import Tokenizer
 from tokenizers_visual.nets import Decoder, Encoder
 
 

@@ -25,50 +25,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
-from tokenizers_visual.base import register_tokenizer
+from mmar.tokenizer import register_tokenizer
 from tokenizers_visual.quantized import require
-from tokenizers_visual.vq import VQTokenizer
-
-
-def nearest_codes(codebook: torch.Tensor, delta: int) -> torch.Tensor:
-    """Codebook [K, d] -> ids [K, delta] of each code's delta nearest other codes (cosine similarity)."""
-    codes = F.normalize(codebook.float(), dim=-1)
-    sims = codes @ codes.T  # (K, K)
-    sims.fill_diagonal_(-float("inf"))  # a code is never its own replacement
-    return sims.topk(delta, dim=-1).indices  # (K, delta)
-
-
-def perturb_ids(
-    ids: torch.Tensor,
-    neighbours: torch.Tensor,
-    alpha: float,
-    beta: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Replace tokens by random near neighbours of their codes.
-
-    Args:
-        ids: code ids [B, h, w].
-        neighbours: [K, delta] candidate replacements of each code (`nearest_codes`).
-        alpha: share of the tokens of a perturbed image that are replaced (round(alpha * h * w) of them).
-        beta: share of the images that are perturbed (round(beta * B) of them, chosen at random).
-        generator: a CPU random generator (for reproducible pFID); draws happen on the CPU.
-
-    Returns:
-        perturbed ids [B, h, w] and the bool mask [B, h, w] of replaced tokens.
-    """
-    b, n = ids.shape[0], ids[0].numel()
-    flat = ids.reshape(b, n)
-    images = torch.randperm(b, generator=generator)[: round(beta * b)]  # which images
-    tokens = torch.rand(len(images), n, generator=generator).argsort(dim=-1)[:, : round(alpha * n)]
-    mask = torch.zeros(b, n, dtype=torch.bool)
-    mask[images[:, None], tokens] = True  # (B, N)
-    pick = torch.randint(neighbours.shape[1], (b, n), generator=generator).to(ids.device)
-    replaced = neighbours.to(ids.device)[flat, pick]  # (B, N): a uniform draw among each code's neighbours
-    mask = mask.to(ids.device)
-    return torch.where(mask, replaced, flat).reshape(ids.shape), mask.reshape(ids.shape)
+from tokenizers_visual.vq import VQTokenizer, nearest_codes, perturb_ids
 
 
 def annealed(start: float, end: float, progress: float, anneal_start: float, anneal_end: float) -> float:

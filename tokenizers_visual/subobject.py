@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmar.errors import ConfigError
-from tokenizers_visual.base import Tokenizer, register_tokenizer
+from mmar.tokenizer import Tokenizer, register_tokenizer
 from tokenizers_visual.kl_vae import LatentNormalization
 from tokenizers_visual.segmenters import BoundarySegmenter, build_segmenter
 

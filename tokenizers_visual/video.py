@@ -34,7 +34,7 @@ from torch import nn
 from vector_quantize_pytorch import FSQ
 
 from mmar.errors import ConfigError
-from tokenizers_visual.base import Tokenizer, register_tokenizer
+from mmar.tokenizer import Tokenizer, register_tokenizer
 from tokenizers_visual.nets import group_norm
 
 PAD_MODES = ("replicate", "zeros")

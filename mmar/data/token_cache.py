@@ -63,7 +63,7 @@ def cache_tokens(
     """Encode every image (or video) batch of `dataloader` and save the ids and labels as a cache in `path`.
 
     Args:
-        tokenizer: a discrete `tokenizers_visual.base.Tokenizer` (put in eval mode here).
+        tokenizer: a discrete `mmar.tokenizer.Tokenizer` (put in eval mode here).
         dataloader: yields {"image": [B, C, H, W] in [-1, 1], "label": [B]} (or "video" [B, C, T, H, W] for a
             video tokenizer; None batches are skipped);
             it should not shuffle, so item i of the cache is item i of the dataset.

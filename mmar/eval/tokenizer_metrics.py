@@ -111,10 +111,10 @@ def perturbed_fd(
     """pFID-style robustness score (RobusTok, Qiu et al. 2025): the Fréchet distance between
     `features(images)` and the features of decodes of their tokens after a perturbation that replaces
     round(alpha * N) tokens of every image by a uniform draw among the `delta` codes nearest to each
-    (`tokenizers_visual.robust_vq.perturb_ids`). Works for any single-codebook VQ tokenizer.
+    (the tokenizer's own `perturb_ids`). Works for any tokenizer that has one (single-codebook VQ).
 
     Args:
-        tokenizer: a `VQTokenizer` (or subclass) with one codebook.
+        tokenizer: a tokenizer with `perturb_ids(ids, alpha, delta, generator)` (vq, robust_vq).
         features: callable images [N, C, H, W] -> features [N, D] (embedded or Inception features).
         images: [N, C, H, W] in [-1, 1].
         alpha: share of the tokens of each image replaced.
@@ -122,17 +122,13 @@ def perturbed_fd(
         seed: seed of the perturbation (CPU generator), so scores are reproducible.
         batch_size: images encoded and decoded at once.
     """
-    from tokenizers_visual.robust_vq import nearest_codes, perturb_ids
-    from tokenizers_visual.vq import VQTokenizer
-
-    if not isinstance(tokenizer, VQTokenizer) or tokenizer.num_quantizers != 1:
+    if not getattr(tokenizer, "can_perturb", False):
         raise ValueError(
             f"perturbed_fd needs a single-codebook VQ tokenizer (vq, robust_vq), got '{tokenizer.name}'"
         )
-    neighbours = nearest_codes(tokenizer.quantizer.codebook, delta)  # (K, delta)
     generator = torch.Generator().manual_seed(seed)
     decoded = []
     for x in images.split(batch_size):
-        ids, _ = perturb_ids(tokenizer.encode(x), neighbours, alpha, 1.0, generator)  # (b, h, w)
+        ids = tokenizer.perturb_ids(tokenizer.encode(x), alpha, delta, generator)  # (b, h, w)
         decoded.append(tokenizer.decode(ids).clamp(-1, 1))
     return reconstruction_fd(features, images, torch.cat(decoded))

@@ -21,9 +21,9 @@ from mmar.errors import ConfigError
 from mmar.lit.batch_tokens import batch_tokens
 from mmar.lit.optim import configure_adamw
 from mmar.sampling import Sampler
+from mmar.tokenizer import load_tokenizer
 from mmar.trunk import Trunk, trunk_config
 from mmar.units import UNITS, build_unit
-from tokenizers_visual import load_tokenizer
 
 
 class GeneratorModule(LightningModule):

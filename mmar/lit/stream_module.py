@@ -28,8 +28,8 @@ from mmar.lit.optim import configure_adamw
 from mmar.sampling import Sampler
 from mmar.stream import IMAGE, MODALITIES, TEXT, StreamLayout, StreamVocab, pad
 from mmar.text_tokenizer import TextTokenizer
+from mmar.tokenizer import load_tokenizer
 from mmar.trunk import Trunk, trunk_config
-from tokenizers_visual import load_tokenizer
 
 
 class StreamModule(LightningModule):

@@ -16,7 +16,6 @@ i.e. a per-frame 2D discriminator rather than MAGVIT-v2's 3D one.
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +24,22 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch.utils.data import DataLoader
 
-import tokenizers_visual  # noqa: F401  (registers the tokenizers)
 from mmar.errors import ConfigError
 from mmar.eval.tokenizer_metrics import CodebookUsage, psnr
+from mmar.lit.losses import PatchDiscriminator, PerceptualLoss, hinge_d_loss, hinge_g_loss
 from mmar.lit.optim import adamw, scheduled
-from tokenizers_visual.base import TOKENIZERS, Tokenizer, load_tokenizer
-from tokenizers_visual.losses import PatchDiscriminator, PerceptualLoss, hinge_d_loss, hinge_g_loss
+from mmar.tokenizer import build_tokenizer, load_tokenizer
 
 RECON_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
 TRAINABLE = ("all", "decoder")
 
 
 class TokenizerModule(LightningModule):
-    """Trains a tokenizer from `TOKENIZERS` on batches {"image": [B, C, H, W] in [-1, 1], "label": [B]}.
+    """Trains a registered tokenizer (`mmar.tokenizer`) on batches {"image": [B, C, H, W] in [-1, 1]}
+    (or {"video": [B, C, T, H, W]}).
 
     Args:
-        tokenizer: constructor kwargs of the tokenizer, plus "name" (a key of `TOKENIZERS`, default "vq");
+        tokenizer: constructor kwargs of the tokenizer, plus "name" (a registered name, default "vq");
             or the folder of an exported tokenizer to train further (e.g. to post-train its decoder).
         trainable: "all" trains the whole tokenizer; "decoder" freezes everything but the decoder
             (RobusTok's decoder post-training). Batches that carry "tokens" (a token cache with images,
@@ -245,23 +244,6 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def as_frames(x: torch.Tensor) -> torch.Tensor:
     """Images [B, C, H, W] unchanged; videos [B, C, T, H, W] as a batch of frames [B * T, C, H, W]."""
     return x.transpose(1, 2).flatten(0, 1) if x.ndim == 5 else x
-
-
-def build_tokenizer(config: dict[str, Any]) -> Tokenizer:
-    """Instantiate `TOKENIZERS[config["name"]]` (default "vq") with the remaining entries as kwargs."""
-    config = dict(config)
-    name = config.pop("name", "vq")
-    if name not in TOKENIZERS:
-        raise ConfigError(f"unknown tokenizer name '{name}' in model.tokenizer; known: {sorted(TOKENIZERS)}")
-    cls = TOKENIZERS[name]
-    params = inspect.signature(cls).parameters
-    unknown = sorted(set(config) - set(params))
-    if unknown:
-        raise ConfigError(
-            f"unknown argument(s) {unknown} in model.tokenizer for the '{name}' tokenizer; "
-            f"valid: {sorted(p for p in params if p not in ('self', 'args', 'kwargs'))}"
-        )
-    return cls(**config)
 
 
 def _as_list(x) -> list:

@@ -1,0 +1,179 @@
+"""The Tokenizer contract shared by every tokenizer, visual and audio, and its registry.
+
+A tokenizer maps an input to a grid of tokens and back:
+
+- `encode(x)`: images [B, C, H, W], videos [B, C, T, H, W] or audio [B, C, samples] in [-1, 1] ->
+  discrete ids [B, *grid] (long; [B, *grid, depth] for residual codes) or latents [B, *grid, D]
+- `decode(tokens)`: the inverse, back to the input's layout
+- `grid(input_shape)`: the token grid of one input, e.g. (8, 8), (3, 8, 8) or (frames,)
+- `kind`: "discrete" (with `vocab_size`) or "continuous" (with `latent_dim`); `modality`: what `encode`
+  reads ("image", "video", "audio")
+
+Weights are exported as safetensors next to a JSON config holding the constructor arguments, so a
+tokenizer is rebuilt from a folder with `load_tokenizer(path)` without pickles.
+
+The implementations live in tokenizer packages (`tokenizers_visual`, ...) that depend on `mmar`, never
+the other way round: a package registers its classes when imported, and `mmar` imports the installed
+packages (the "mmar.tokenizers" entry-point group, plus the ones shipped with mmar) the first time it
+meets a tokenizer name it does not know.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import os
+from collections.abc import Iterable
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mmar.errors import ConfigError
+from mmar.io import atomic_write
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+TOKENIZERS: dict[str, type[Tokenizer]] = {}
+"""Registry: the `name` of each tokenizer class -> the class (filled by `register_tokenizer`)."""
+SHIPPED_PACKAGES = ("tokenizers_visual",)
+"""Tokenizer packages shipped with mmar, imported even where the entry points are not installed."""
+ENTRY_POINT_GROUP = "mmar.tokenizers"
+
+
+def register_tokenizer(cls: type[Tokenizer]) -> type[Tokenizer]:
+    """Class decorator adding a tokenizer to `TOKENIZERS` under its `name`."""
+    TOKENIZERS[cls.name] = cls
+    return cls
+
+
+class Tokenizer(nn.Module):
+    """Base class. Subclasses set `name`, `kind`, and store their constructor kwargs in `self.config`."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]  # "discrete" | "continuous"
+    modality: ClassVar[str] = "image"
+    """What `encode` reads: "image" ([B, C, H, W]), "video" ([B, C, T, H, W], grid (t, h, w)) or "audio"."""
+    config: dict[str, Any]
+
+    in_channels: int
+    downsample: int
+    vocab_size: int | None = None
+    latent_dim: int | None = None
+    token_shape: tuple[int, ...] = ()
+    """Ids per grid cell beyond the grid: () for one id, (C,) for per-channel ids (TokenBridge)."""
+    variable_length: ClassVar[bool] = False
+    """True when `encode` returns padded tokens with a padding mask and geometry (subobject tokens)."""
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def grid(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Token grid for an input of shape (C, H, W); raises ConfigError when it does not fit."""
+        c, *spatial = input_shape
+        if c != self.in_channels:
+            raise ConfigError(
+                f"input has {c} channels but the {self.name} tokenizer expects {self.in_channels}; "
+                f"convert the data (e.g. grayscale vs RGB) or train a tokenizer with in_channels={c}"
+            )
+        for size in spatial:
+            if size % self.downsample:
+                raise ConfigError(
+                    f"input size {tuple(spatial)} is not divisible by the tokenizer's downsampling factor "
+                    f"{self.downsample}; resize the data to a multiple of {self.downsample}"
+                )
+        return tuple(size // self.downsample for size in spatial)
+
+    def fit_statistics(self, batches: Iterable[torch.Tensor]) -> None:
+        """Fit data-derived statistics from input batches before export; nothing to fit by default.
+
+        Continuous tokenizers override this to compute their latent scale (and shift), so that the
+        latents a generator sees are normalised by numbers measured on data, never hard-coded.
+        """
+
+    def set_progress(self, progress: float) -> None:
+        """Hook called by `TokenizerModule` before each training step with the fraction of training done
+        (0 to 1), for tokenizers with schedules (e.g. RobusTok's annealed perturbation); a no-op here."""
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Validate an image batch [B, C, H, W] against this tokenizer (clear error otherwise)."""
+        if x.ndim != 4:
+            raise ConfigError(f"expected images of shape [B, C, H, W], got {tuple(x.shape)}")
+        self.grid(tuple(x.shape[1:]))
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write `config.json` and `model.safetensors` into the folder `path` (atomically per file)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        config = {"name": self.name, **self.config}
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp))
+        atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> Tokenizer:
+        """Rebuild a tokenizer saved with `save_pretrained` (any registered class)."""
+        return load_tokenizer(path)
+
+
+def read_tokenizer_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON config of a saved tokenizer, with a clear error when the folder is not one."""
+    config_file = Path(path) / CONFIG_NAME
+    if not config_file.is_file():
+        raise ConfigError(
+            f"no tokenizer at '{path}' (missing {CONFIG_NAME}); train one first, e.g. "
+            "`mmar fit --config configs/quickstart/digits_vq.yaml`, or fix the path"
+        )
+    return json.loads(config_file.read_text())
+
+
+def import_tokenizer_packages() -> None:
+    """Import every tokenizer package (entry points of `ENTRY_POINT_GROUP` and `SHIPPED_PACKAGES`), which
+    registers their classes."""
+    names = {entry.value for entry in entry_points(group=ENTRY_POINT_GROUP)} | set(SHIPPED_PACKAGES)
+    for name in sorted(names):
+        importlib.import_module(name)
+
+
+def tokenizer_class(name: str, where: str) -> type[Tokenizer]:
+    """The registered class called `name` (importing the tokenizer packages first when needed)."""
+    if name not in TOKENIZERS:
+        import_tokenizer_packages()
+    if name not in TOKENIZERS:
+        raise ConfigError(f"unknown tokenizer '{name}' in {where}; known: {sorted(TOKENIZERS)}")
+    return TOKENIZERS[name]
+
+
+def build_tokenizer(config: dict[str, Any]) -> Tokenizer:
+    """Instantiate the tokenizer `config["name"]` (default "vq") with the remaining entries as kwargs."""
+    config = dict(config)
+    name = config.pop("name", "vq")
+    cls = tokenizer_class(name, "model.tokenizer")
+    params = inspect.signature(cls).parameters
+    unknown = sorted(set(config) - set(params))
+    if unknown:
+        raise ConfigError(
+            f"unknown argument(s) {unknown} in model.tokenizer for the '{name}' tokenizer; "
+            f"valid: {sorted(p for p in params if p not in ('self', 'args', 'kwargs'))}"
+        )
+    return cls(**config)
+
+
+def load_tokenizer(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Tokenizer:
+    """Load any registered tokenizer from a folder written by `save_pretrained`."""
+    config = read_tokenizer_config(path)
+    if "name" not in config:
+        raise ConfigError(f"{Path(path) / CONFIG_NAME} has no 'name'; it was not written by save_pretrained")
+    name = config.pop("name")
+    tokenizer = tokenizer_class(name, str(path))(**config)
+    state = load_file(str(Path(path) / WEIGHTS_NAME), device=str(map_location))
+    tokenizer.load_state_dict(state)
+    return tokenizer.eval()
