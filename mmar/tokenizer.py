@@ -41,7 +41,7 @@ WEIGHTS_NAME = "model.safetensors"
 
 TOKENIZERS: dict[str, type[Tokenizer]] = {}
 """Registry: the `name` of each tokenizer class -> the class (filled by `register_tokenizer`)."""
-SHIPPED_PACKAGES = ("tokenizers_visual",)
+SHIPPED_PACKAGES = ("tokenizers_visual", "tokenizers_audio")
 """Tokenizer packages shipped with mmar, imported even where the entry points are not installed."""
 ENTRY_POINT_GROUP = "mmar.tokenizers"
 

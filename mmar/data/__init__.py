@@ -7,6 +7,12 @@ list[str] instead of labels (captioned folders; the shapes give both); token-cac
 batches are {"tokens": long [B, L]} packed text ids (`TextDataModule`).
 """
 
+from mmar.data.audio import (
+    AudioFolderDataModule,
+    AudioFolderDataset,
+    EmbeddedNotesDataModule,
+    EmbeddedNotesDataset,
+)
 from mmar.data.captioned_folder import CaptionedImageFolderDataModule, CaptionedImageFolderDataset
 from mmar.data.digits import (
     DigitsDataModule,
@@ -30,11 +36,15 @@ from mmar.data.video import MovingDigitsDataModule, MovingDigitsDataset
 from mmar.data.video_folder import VideoFolderDataModule, VideoFolderDataset
 
 __all__ = [
+    "AudioFolderDataModule",
+    "AudioFolderDataset",
     "CaptionedImageFolderDataModule",
     "CaptionedImageFolderDataset",
     "ClassLabelsDataModule",
     "DigitsDataModule",
     "DigitsDataset",
+    "EmbeddedNotesDataModule",
+    "EmbeddedNotesDataset",
     "ImageFolderDataModule",
     "ImageFolderDataset",
     "MovingDigitsDataModule",
