@@ -107,9 +107,6 @@ def debug_video_tokenizer(tmp_path_factory) -> str:
 def debug_video_generator(debug_video_tokenizer, tmp_path_factory):
     """(model, last.ckpt) of a debug next-token video generator trained 3 steps with EMA on moving digits
     (16x16, 9 frames, a class per digit and direction: 80)."""
-    from lightning.pytorch import Trainer
-    from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
-
     from mmar.data import MovingDigitsDataModule
     from mmar.lit import GeneratorModule
 
@@ -125,17 +122,7 @@ def debug_video_generator(debug_video_tokenizer, tmp_path_factory):
         num_clips_val=4,
         labels="digit_direction",
     )
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=3,
-        limit_val_batches=1,
-        logger=False,
-        enable_progress_bar=False,
-        default_root_dir=root,
-        callbacks=[EMAWeightAveraging(decay=0.5), ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
-    )
-    trainer.fit(model, data)
-    return model, root / "ckpt" / "last.ckpt"
+    return fit_three_steps(model, data, root)
 
 
 @pytest.fixture(scope="session")
@@ -156,17 +143,11 @@ def debug_pairs_cache(debug_tokenizer, tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="session")
-def debug_generator(debug_tokenizer, tmp_path_factory):
-    """(model, last.ckpt) of a debug next-token generator trained 3 steps with EMA on the digits."""
+def fit_three_steps(model, data, root):
+    """(model, last.ckpt) after 3 training steps with EMA weights in the checkpoint."""
     from lightning.pytorch import Trainer
     from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 
-    from mmar.data import DigitsDataModule
-    from mmar.lit import GeneratorModule
-
-    root = tmp_path_factory.mktemp("gen")
-    model = GeneratorModule(tokenizer=debug_tokenizer, image_size=32, warmup_steps=1)
     trainer = Trainer(
         accelerator="cpu",
         max_steps=3,
@@ -176,8 +157,19 @@ def debug_generator(debug_tokenizer, tmp_path_factory):
         default_root_dir=root,
         callbacks=[EMAWeightAveraging(decay=0.5), ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
     )
-    trainer.fit(model, DigitsDataModule(image_size=32, batch_size=8))
+    trainer.fit(model, data)
     return model, root / "ckpt" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def debug_generator(debug_tokenizer, tmp_path_factory):
+    """(model, last.ckpt) of a debug next-token generator trained 3 steps with EMA on the digits."""
+    from mmar.data import DigitsDataModule
+    from mmar.lit import GeneratorModule
+
+    root = tmp_path_factory.mktemp("gen")
+    model = GeneratorModule(tokenizer=debug_tokenizer, image_size=32, warmup_steps=1)
+    return fit_three_steps(model, DigitsDataModule(image_size=32, batch_size=8), root)
 
 
 @pytest.fixture(scope="session")

@@ -173,12 +173,10 @@ def load_digits_classifier(
     """
     path = classifier_cache_path(image_size, val_fraction, seed, cache_dir)
     if path.is_file():
-        model = DigitsClassifier()
-        model.load_state_dict(load_file(str(path)))
-        info = {k: float(v) for k, v in json.loads(_read_metadata(path)["info"]).items()}
-        return model.eval(), {**info, "loaded_from_cache": True}
+        model, info = load_cached_classifier(DigitsClassifier(), path)
+        return model, {**info, "loaded_from_cache": True}
     model, info = train_digits_classifier(image_size, val_fraction, seed)
-    _save_classifier(model, info, path)
+    save_classifier(model, info, path)
     return model, {**info, "loaded_from_cache": False}
 
 
@@ -293,14 +291,17 @@ def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> f
     return (model(images).argmax(dim=-1) == labels).float().mean().item()
 
 
-def _read_metadata(path: Path) -> dict[str, str]:
+def load_cached_classifier(model: nn.Module, path: Path) -> tuple[nn.Module, dict[str, float]]:
+    """A classifier cached by `save_classifier`: (model with its weights, in eval mode; training info)."""
     from safetensors import safe_open
 
+    model.load_state_dict(load_file(str(path)))
     with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
+        info = json.loads((f.metadata() or {})["info"])
+    return model.eval(), {k: float(v) for k, v in info.items()}
 
 
-def _save_classifier(model: nn.Module, info: dict[str, float], path: Path) -> None:
+def save_classifier(model: nn.Module, info: dict[str, float], path: Path) -> None:
     """Atomic safetensors write with the training info in the metadata (safe under concurrent runs)."""
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"info": json.dumps(info)}))

@@ -40,15 +40,13 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmar.data.digits import NUM_CLASSES
 from mmar.data.video import DIRECTIONS, MovingDigitsDataModule, MovingDigitsDataset
 from mmar.errors import ConfigError
-from mmar.eval.embedded import default_cache_dir, single_thread
+from mmar.eval.embedded import default_cache_dir, load_cached_classifier, save_classifier, single_thread
 from mmar.eval.frechet import feature_statistics, frechet_distance
-from mmar.io import atomic_write
 
 CLASSIFIER_VERSION = 1  # bump when the architecture or the training recipe changes (invalidates caches)
 FRAME_FEATURE_DIM = 64
@@ -396,14 +394,12 @@ def load_video_classifier(
         image_size, num_frames, max_speed, val_fraction, seed, cache_dir, digit_size, train_options
     )
     if path.is_file():
-        model = MovingDigitsClassifier(num_frames)
-        model.load_state_dict(load_file(str(path)))
-        info = {k: float(v) for k, v in json.loads(_read_metadata(path)["info"]).items()}
-        return model.eval(), {**info, "loaded_from_cache": True}
+        model, info = load_cached_classifier(MovingDigitsClassifier(num_frames), path)
+        return model, {**info, "loaded_from_cache": True}
     model, info = train_video_classifier(
         image_size, num_frames, max_speed, val_fraction, seed, digit_size, **train_options
     )
-    _save_classifier(model, info, path)
+    save_classifier(model, info, path)
     return model, {**info, "loaded_from_cache": False}
 
 
@@ -592,16 +588,3 @@ class MovingDigitsMetrics:
 
 def _hits(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(dim=-1) == labels.cpu().long()).float().mean().item()
-
-
-def _read_metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
-
-
-def _save_classifier(model: nn.Module, info: dict[str, float], path: Path) -> None:
-    """Atomic safetensors write with the training info in the metadata (safe under concurrent runs)."""
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"info": json.dumps(info)}))
