@@ -148,7 +148,7 @@ def tokenizer_class(name: str, where: str) -> type[Tokenizer]:
     if name not in TOKENIZERS:
         import_tokenizer_packages()
     if name not in TOKENIZERS:
-        raise ConfigError(f"unknown tokenizer '{name}' in {where}; known: {sorted(TOKENIZERS)}")
+        raise ConfigError(f"unknown tokenizer name '{name}' in {where}; known: {sorted(TOKENIZERS)}")
     return TOKENIZERS[name]
 
 

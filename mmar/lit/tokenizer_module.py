@@ -12,6 +12,10 @@ Multi-GPU: with the GAN on, the discriminator is unused before `gan_start_step`,
 
 Video inputs [B, C, T, H, W]: LPIPS and the PatchGAN see the frames as a batch of images (`as_frames`),
 i.e. a per-frame 2D discriminator rather than MAGVIT-v2's 3D one.
+
+A tokenizer that names its own reconstruction losses (`reconstruction_losses(recon, x) -> dict`, e.g.
+the audio codec's multi-scale mel and STFT terms) is trained on those instead of the pixel loss; LPIPS
+and the PatchGAN are image losses, refused for audio.
 """
 
 from __future__ import annotations
@@ -97,6 +101,11 @@ class TokenizerModule(LightningModule):
                 )
             self.tokenizer.requires_grad_(False).decoder.requires_grad_(True)
         self.recon_loss = RECON_LOSSES[recon_loss]
+        if self.tokenizer.modality == "audio" and (gan_weight > 0 or perceptual_weight > 0):
+            raise ConfigError(
+                "perceptual_weight and gan_weight are image losses (LPIPS, PatchGAN); set both to 0 for the "
+                f"{self.tokenizer.name} audio tokenizer, which trains on its own reconstruction_losses"
+            )
         self.discriminator = (
             PatchDiscriminator(self.tokenizer.in_channels, disc_channels, disc_layers)
             if gan_weight > 0
@@ -126,7 +135,7 @@ class TokenizerModule(LightningModule):
 
         self.tokenizer.set_progress(self.global_step / max(self.trainer.estimated_stepping_batches, 1))
         recon, ids, aux_loss = self._autoencode(batch, x)  # [B, C, H, W], [B, h, w], scalar
-        losses = {"rec_loss": self.recon_loss(recon, x), "aux_loss": aux_loss}
+        losses = {**self._reconstruction_losses(recon, x), "aux_loss": aux_loss}
         if self._perceptual:
             losses["perceptual"] = self.hparams.perceptual_weight * self._perceptual_loss(recon, x)
         with self.toggled_optimizer(optimizers[0]):  # no gradients into the discriminator here
@@ -143,6 +152,11 @@ class TokenizerModule(LightningModule):
 
         self._log_train(losses, loss, ids, x.shape[0], batch_idx)
         return loss
+
+    def _reconstruction_losses(self, recon: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The tokenizer's own named terms where it has them (audio: mel, STFT), else the pixel loss."""
+        own = getattr(self.tokenizer, "reconstruction_losses", None)
+        return own(recon, x) if own is not None else {"rec_loss": self.recon_loss(recon, x)}
 
     def _autoencode(self, batch: dict[str, torch.Tensor], x: torch.Tensor):
         """(recon, ids, aux loss): decoded from the batch's own tokens when post-training the decoder."""
@@ -163,7 +177,8 @@ class TokenizerModule(LightningModule):
         x = model_inputs(batch)  # [B, C, H, W] or [B, C, T, H, W]
         recon, ids, _ = self._autoencode(batch, x)  # [B, C, H, W], [B, h, w]
         kwargs = {"on_epoch": True, "batch_size": x.shape[0], "sync_dist": True}
-        self.log("val/rec_loss", self.recon_loss(recon, x), prog_bar=True, **kwargs)
+        for name, value in self._reconstruction_losses(recon, x).items():
+            self.log(f"val/{name}", value, prog_bar=True, **kwargs)
         self.log("val/psnr", psnr(recon, x), prog_bar=True, **kwargs)
         if self.val_usage is not None:
             self.val_usage.update(ids)
@@ -230,11 +245,12 @@ class TokenizerModule(LightningModule):
                 self.log("train/usage", self.train_usage.compute(), prog_bar=True, batch_size=batch_size)
 
 
-INPUT_KEYS = ("image", "video")
+INPUT_KEYS = ("image", "video", "audio")
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The tensor a tokenizer encodes: batch["image"] [B, C, H, W] or batch["video"] [B, C, T, H, W]."""
+    """The tensor a tokenizer encodes: batch["image"] [B, C, H, W], batch["video"] [B, C, T, H, W] or
+    batch["audio"] [B, C, samples]."""
     for key in INPUT_KEYS:
         if key in batch:
             return batch[key]

@@ -48,7 +48,7 @@ def test_old_import_paths_are_the_contract():
 
 
 def test_unknown_names_and_broken_configs_are_one_line_errors(tmp_path):
-    with pytest.raises(ConfigError, match="unknown tokenizer 'nope'"):
+    with pytest.raises(ConfigError, match="unknown tokenizer name 'nope'"):
         build_tokenizer({"name": "nope"})
     with pytest.raises(ConfigError, match="unknown argument"):
         build_tokenizer({"name": "vq", "colour": 3})

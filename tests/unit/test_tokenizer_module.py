@@ -143,3 +143,22 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     restored = TokenizerModule.load_from_checkpoint(path, weights_only=True)
     for key, value in module.state_dict().items():
         assert torch.equal(value, restored.state_dict()[key]), key
+
+
+def test_an_audio_codec_trains_on_its_own_losses_and_refuses_image_losses():
+    codec = {
+        "name": "rvq_codec",
+        "sample_rate": 8000,
+        "channels": 4,
+        "latent_dim": 8,
+        "strides": [2, 4, 2, 5],
+        "num_quantizers": 2,
+        "codebook_size": 16,
+    }
+    module = TokenizerModule(tokenizer=codec)
+    x = torch.sin(torch.linspace(0, 200, 2000)).expand(2, 1, -1) * 0.5  # [B, C, samples]
+    recon, _, _ = module.tokenizer(x)
+    assert set(module._reconstruction_losses(recon, x)) == {"time_l1", "mel", "stft"}
+    for image_loss in ({"gan_weight": 0.1}, {"perceptual_weight": 0.1}):
+        with pytest.raises(ConfigError, match="image losses"):
+            TokenizerModule(tokenizer=codec, **image_loss)
