@@ -21,6 +21,7 @@ meets a tokenizer name it does not know.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import json
 import os
@@ -136,11 +137,14 @@ def read_tokenizer_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def import_tokenizer_packages() -> None:
-    """Import every tokenizer package (entry points of `ENTRY_POINT_GROUP` and `SHIPPED_PACKAGES`), which
-    registers their classes."""
-    names = {entry.value for entry in entry_points(group=ENTRY_POINT_GROUP)} | set(SHIPPED_PACKAGES)
-    for name in sorted(names):
+    """Import every tokenizer package, which registers their classes: the installed entry points of
+    `ENTRY_POINT_GROUP`, and those of `SHIPPED_PACKAGES` that an older install (whose metadata predates
+    a package) can import."""
+    for name in sorted({entry.value for entry in entry_points(group=ENTRY_POINT_GROUP)}):
         importlib.import_module(name)
+    for name in SHIPPED_PACKAGES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
 
 
 def tokenizer_class(name: str, where: str) -> type[Tokenizer]:
