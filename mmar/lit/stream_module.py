@@ -88,8 +88,8 @@ class StreamModule(LightningModule):
         self.image_tokenizer, grid = None, ()
         if image_tokenizer is not None:
             self.image_tokenizer = self._load_image_tokenizer(image_tokenizer, image_vocab_size)
-            self.image_shape = (self.image_tokenizer.in_channels, image_size, image_size)
-            grid = tuple(self.image_tokenizer.grid(self.image_shape))
+            self.input_shape = (self.image_tokenizer.in_channels, image_size, image_size)
+            grid = tuple(self.image_tokenizer.grid(self.input_shape))
         image_vocab = self.image_tokenizer.vocab_size if self.image_tokenizer is not None else 0
         self.vocab = StreamVocab(self.text_tokenizer.vocab_size, image_vocab)
         self.layout = StreamLayout(self.vocab, grid)
@@ -185,7 +185,7 @@ class StreamModule(LightningModule):
 
     def image_tokens(self, batch: dict) -> torch.Tensor:
         """Image token grid [B, *grid] of a captioned batch: cached tokens, or images encoded here."""
-        tokens = batch_tokens(batch, self.image_tokenizer, self.image_shape)
+        tokens = batch_tokens(batch, self.image_tokenizer, self.input_shape)
         if tuple(tokens.shape[1:]) != self.layout.grid:
             raise ConfigError(
                 f"cached tokens of grid {tuple(tokens.shape[1:])} do not match the model's grid "
