@@ -156,6 +156,8 @@ def run(args: argparse.Namespace) -> dict:
         labels = given_labels(labels, args.classes, model)
     else:
         labels = class_labels(model, args)
+    if args.embedded_metrics and (labels >= num_classes(model)).any():  # checked before sampling
+        raise ConfigError("--embedded-metrics needs a digit to check for every clip: pass --classes")
     videos, start = [], time.perf_counter()
     batches = labels.split(args.batch_size)
     with PassCounter(model.trunk) as counter:
@@ -208,8 +210,6 @@ def embedded_metrics(model, videos: torch.Tensor, labels: torch.Tensor, directio
 
     if videos.shape[1] != 1:
         raise ConfigError("--embedded-metrics scores moving digits (grayscale clips); drop it for other data")
-    if (labels >= num_classes(model)).any():  # the null class has no digit to check
-        raise ConfigError("--embedded-metrics needs a digit to check for every clip: pass --classes")
     if directions is None and label_kind(model) == "digit_direction":
         directions = labels // NUM_CLASSES
     metrics = MovingDigitsMetrics(image_size=videos.shape[-1], num_frames=videos.shape[2])
