@@ -39,6 +39,21 @@ CLASSIFIER_VERSION = 1  # bump when the architecture or the training recipe chan
 FEATURE_DIM = 64
 
 
+def conv_stack(in_channels: int, width: int, out_channels: int) -> nn.Sequential:
+    """3x3 conv -> two stride-2 3x3 convs (BatchNorm + ReLU each): [N, C, 16, 16] -> [N, out, 4, 4]."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Conv2d(width, width, 3, stride=2, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Conv2d(width, out_channels, 3, stride=2, padding=1),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(),
+    )
+
+
 class DigitsClassifier(nn.Module):
     """Small CNN for [B, 1, S, S] digits in [-1, 1]: conv features -> global pool (64-d) -> 10 logits.
 
@@ -55,17 +70,7 @@ class DigitsClassifier(nn.Module):
     ):
         super().__init__()
         self.work_size = work_size
-        self.body = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1),
-            nn.BatchNorm2d(width),
-            nn.ReLU(),
-            nn.Conv2d(width, width, 3, stride=2, padding=1),
-            nn.BatchNorm2d(width),
-            nn.ReLU(),
-            nn.Conv2d(width, feature_dim, 3, stride=2, padding=1),
-            nn.BatchNorm2d(feature_dim),
-            nn.ReLU(),
-        )
+        self.body = conv_stack(1, width, feature_dim)
         self.head = nn.Linear(feature_dim, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

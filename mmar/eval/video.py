@@ -45,7 +45,13 @@ from torch import nn
 from mmar.data.digits import NUM_CLASSES
 from mmar.data.video import DIRECTIONS, MovingDigitsDataModule, MovingDigitsDataset
 from mmar.errors import ConfigError
-from mmar.eval.embedded import default_cache_dir, load_cached_classifier, save_classifier, single_thread
+from mmar.eval.embedded import (
+    conv_stack,
+    default_cache_dir,
+    load_cached_classifier,
+    save_classifier,
+    single_thread,
+)
 from mmar.eval.frechet import feature_statistics, frechet_distance
 
 CLASSIFIER_VERSION = 1  # bump when the architecture or the training recipe changes (invalidates caches)
@@ -72,21 +78,6 @@ class ClipOutputs(NamedTuple):
     def features(self) -> torch.Tensor:
         """Fréchet features [B, F + M]: mean frame features, then motion features."""
         return torch.cat([self.frame_features.mean(dim=1), self.motion_features], dim=1)
-
-
-def _conv_stack(in_channels: int, width: int, out_channels: int) -> nn.Sequential:
-    """3x3 conv -> two stride-2 3x3 convs (BatchNorm + ReLU each): [N, C, 16, 16] -> [N, out, 4, 4]."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, width, 3, padding=1),
-        nn.BatchNorm2d(width),
-        nn.ReLU(),
-        nn.Conv2d(width, width, 3, stride=2, padding=1),
-        nn.BatchNorm2d(width),
-        nn.ReLU(),
-        nn.Conv2d(width, out_channels, 3, stride=2, padding=1),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(),
-    )
 
 
 class MovingDigitsClassifier(nn.Module):
@@ -116,9 +107,9 @@ class MovingDigitsClassifier(nn.Module):
             raise ConfigError(f"num_frames={num_frames} must be >= 2: the motion head needs a first step")
         self.num_frames = num_frames
         self.work_size = work_size
-        self.frame_body = _conv_stack(1, width, frame_dim)
+        self.frame_body = conv_stack(1, width, frame_dim)
         self.digit_head = nn.Linear(frame_dim, NUM_CLASSES)
-        self.motion_body = _conv_stack(2 * num_frames - 1, width, motion_dim)
+        self.motion_body = conv_stack(2 * num_frames - 1, width, motion_dim)
         self.direction_head = nn.Linear(motion_dim, NUM_DIRECTIONS)
 
     def low_pass(self, x: torch.Tensor) -> torch.Tensor:
