@@ -34,7 +34,7 @@ import soxr
 import torch
 from torch.utils.data import Dataset
 
-from mmar.data.base import SplitDataModule
+from mmar.data.base import FolderDataModule, SplitDataModule
 from mmar.data.image_folder import collate_skip_none
 from mmar.data.text import split_fraction
 from mmar.errors import ConfigError
@@ -426,7 +426,7 @@ def _check_folder_args(root, manifest, sample_rate, duration, channels, split, v
         raise ConfigError(f"target_dbfs={target_dbfs} must be <= 0 (dB below full scale, e.g. -20) or null")
 
 
-class AudioFolderDataModule(SplitDataModule):
+class AudioFolderDataModule(FolderDataModule):
     """A folder or manifest of audio files with a by-file train/val split (test split = val split).
 
     Batches: {"audio": float32 [B, C, N] in [-1, 1], "label": long [B]} (+ "caption": list[str] from a
@@ -470,17 +470,6 @@ class AudioFolderDataModule(SplitDataModule):
     def audio_shape(self) -> tuple[int, int]:
         """(C, N) of every clip."""
         return (self.common["channels"], max(1, round(self.common["duration"] * self.common["sample_rate"])))
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes (class folders or manifest labels; 1 for a flat folder)."""
-        self.setup()
-        return len(self.train_dataset.classes)
-
-    @property
-    def num_skipped(self) -> int:
-        """Files skipped as unreadable or too short, train and val together (in this process)."""
-        return sum(d.num_skipped for d in (self.train_dataset, self.val_dataset) if d is not None)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:

@@ -51,3 +51,19 @@ class SplitDataModule(LightningDataModule):
             persistent_workers=self.num_workers > 0,
             collate_fn=self.collate_fn,
         )
+
+
+class FolderDataModule(SplitDataModule):
+    """A SplitDataModule over a folder of files whose datasets know their `classes` and count the files
+    they skipped (`num_skipped`): what image, video and audio folders share."""
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of the train split (class folders; 1 for a flat folder)."""
+        self.setup()
+        return len(self.train_dataset.classes)
+
+    @property
+    def num_skipped(self) -> int:
+        """Files skipped as unreadable (or too short), train and val together, in this process."""
+        return sum(d.num_skipped for d in (self.train_dataset, self.val_dataset) if d is not None)

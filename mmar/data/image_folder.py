@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
-from mmar.data.base import SplitDataModule
+from mmar.data.base import FolderDataModule
 from mmar.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ class ImageFolderDataset(ImageFiles):
         return {"label": torch.tensor(label, dtype=torch.long)}
 
 
-class ImageFolderDataModule(SplitDataModule):
+class ImageFolderDataModule(FolderDataModule):
     """Train (and optional val) image folders as a LightningDataModule (test split = val split).
 
     Batches whose every file was unreadable arrive as None; the LightningModules skip them.
@@ -241,12 +241,6 @@ class ImageFolderDataModule(SplitDataModule):
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of every image."""
         return (self.channels, self.image_size, self.image_size)
-
-    @property
-    def num_classes(self) -> int:
-        """Number of class folders in the train root."""
-        self.setup()
-        return len(self.train_dataset.classes)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:

@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mmar.data.base import SplitDataModule
+from mmar.data.base import FolderDataModule
 from mmar.data.image_folder import center_crop_arr, collate_skip_none
 from mmar.data.text import split_fraction
 from mmar.errors import ConfigError
@@ -294,7 +294,7 @@ class VideoFolderDataset(Dataset):
         return None
 
 
-class VideoFolderDataModule(SplitDataModule):
+class VideoFolderDataModule(FolderDataModule):
     """A folder of videos as a LightningDataModule with a by-file train/val split (test split = val).
 
     Batches: {"video": float32 [B, C, T, S, S] in [-1, 1], "label": long [B]}; batches whose every clip was
@@ -352,17 +352,6 @@ class VideoFolderDataModule(SplitDataModule):
     def video_shape(self) -> tuple[int, int, int, int]:
         """(C, T, H, W) of every clip."""
         return (self.channels, self.num_frames, self.image_size, self.image_size)
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes (class folders; 1 for a flat folder)."""
-        self.setup()
-        return len(self.train_dataset.classes)
-
-    @property
-    def num_skipped(self) -> int:
-        """Files skipped as unreadable or too short, train and val together (in this process)."""
-        return sum(d.num_skipped for d in (self.train_dataset, self.val_dataset) if d is not None)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
