@@ -76,7 +76,7 @@ def score(ckpt: Path, args: argparse.Namespace, metrics: MovingDigitsMetrics, he
     continued = []
     for i, (given, batch) in enumerate(zip(held_out["video"].split(80), held_out["label"].split(80))):
         sampler = Sampler(cfg_scale=args.cfg_scale, seed=i)
-        continued.append(model.continue_video(given, conditions_of(model, batch), 1, sampler))
+        continued.append(model.continue_clips(given, conditions_of(model, batch), 1, sampler))
     continued = torch.cat(continued)
     scored = metrics.compute(clips, labels % NUM_CLASSES, labels // NUM_CLASSES)
     scored_continued = metrics.compute(continued, held_out["label"] % NUM_CLASSES, held_out["direction"])

@@ -10,7 +10,7 @@ Class-conditional: --classes (default all) x --per-class clips. Continuation (vi
 image-to-video): --continue-from a video file (.gif/.mp4/.webm/.npy), a folder of them, or
 `moving_digits` (the first --num-clips clips of the embedded val split, with their own labels); the first
 --given-frames latent frames of each clip are given and kept bit for bit in the output
-(`GeneratorModule.continue_video`), the rest is generated, conditioned on --classes (one per clip or one
+(`GeneratorModule.continue_clips`), the rest is generated, conditioned on --classes (one per clip or one
 for all; default the clips' labels, or the null class for files). A text-conditional moving-digits model
 (captions such as "a 3 moving left") takes the same class ids, turned into their captions.
 
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> dict:
                 videos.append(model.generate(conditions, sampler).float().clamp(-1, 1).cpu())
             else:
                 given = clips[i * args.batch_size : i * args.batch_size + len(batch)]
-                videos.append(model.continue_video(given, conditions, args.given_frames, sampler).cpu())
+                videos.append(model.continue_clips(given, conditions, args.given_frames, sampler).cpu())
     seconds = time.perf_counter() - start
     videos = torch.cat(videos)  # (N, C, T, H, W) in [-1, 1]
     uint8 = to_uint8(videos).permute(0, 2, 3, 4, 1).numpy()  # (N, T, H, W, C)

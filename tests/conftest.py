@@ -104,6 +104,20 @@ def debug_video_tokenizer(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def debug_audio_codec(tmp_path_factory) -> str:
+    """Folder of a random tiny RVQ codec (3 levels of 16 codes; 0.25 s at 8 kHz -> 25 frames)."""
+    from tokenizers_audio import RVQCodec
+
+    torch.manual_seed(0)
+    codec = RVQCodec(
+        sample_rate=8000, channels=4, latent_dim=8, strides=[2, 4, 2, 5], num_quantizers=3, codebook_size=16
+    )
+    export = tmp_path_factory.mktemp("debug_audio") / "tokenizer"
+    codec.eval().save_pretrained(export)
+    return str(export)
+
+
+@pytest.fixture(scope="session")
 def debug_video_generator(debug_video_tokenizer, tmp_path_factory):
     """(model, last.ckpt) of a debug next-token video generator trained 3 steps with EMA on moving digits
     (16x16, 9 frames, a class per digit and direction: 80)."""

@@ -7,10 +7,12 @@ from torch import nn
 from mmar.errors import ConfigError
 from mmar.heads.categorical import CategoricalHead
 from mmar.heads.channel_ar import ChannelARHead
+from mmar.heads.parallel import ParallelCategoricalHead
 
 TOKEN_HEADS: dict[str, type[nn.Module]] = {
     "categorical": CategoricalHead,
     "channel_ar": ChannelARHead,
+    "parallel": ParallelCategoricalHead,
 }
 
 
@@ -21,4 +23,10 @@ def build_token_head(name: str, d_model: int, vocab_size: int, **kwargs) -> nn.M
     return TOKEN_HEADS[name](d_model, vocab_size, **kwargs)
 
 
-__all__ = ["TOKEN_HEADS", "CategoricalHead", "ChannelARHead", "build_token_head"]
+__all__ = [
+    "TOKEN_HEADS",
+    "CategoricalHead",
+    "ChannelARHead",
+    "ParallelCategoricalHead",
+    "build_token_head",
+]

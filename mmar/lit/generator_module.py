@@ -16,6 +16,7 @@ import dataclasses
 import torch
 from lightning.pytorch import LightningModule
 
+from mmar.code_patterns import CodePattern
 from mmar.conditioning import build_condition
 from mmar.errors import ConfigError
 from mmar.lit.batch_tokens import batch_tokens
@@ -36,6 +37,8 @@ class GeneratorModule(LightningModule):
         trunk_overrides: dict | None = None,
         image_size: int = 32,
         num_frames: int | None = None,
+        duration: float | None = None,
+        code_pattern: str = "stack",
         num_classes: int = 10,
         class_dropout: float = 0.1,
         condition: dict | None = None,
@@ -57,6 +60,10 @@ class GeneratorModule(LightningModule):
             trunk_overrides: TrunkConfig fields that override the preset, e.g. {"n_layer": 4}.
             image_size: training image (or video frame) size; with the tokenizer it fixes the token grid.
             num_frames: frames T per clip for a video tokenizer (grid (t, h, w), 3D RoPE); None for images.
+            duration: seconds per clip for an audio tokenizer (grid (frames,), 1D RoPE); None otherwise.
+            code_pattern: how residual codes [B, T, Q] are laid out for the unit (`mmar.code_patterns`):
+                "stack" (Q ids per frame, a head with token_shape (Q,)), "flatten" (a (T, Q) grid of
+                single ids) or "delay" (MusicGen's interleaving, next_token with the parallel head).
             num_classes: number of classes (a null class is added for guidance).
             class_dropout: probability of replacing a label with the null class in training.
             condition: the condition by class path, e.g. {"class_path": "mmar.conditioning.TextCondition",
@@ -90,8 +97,15 @@ class GeneratorModule(LightningModule):
                 f"model.vocab_size={vocab_size} does not match the tokenizer at '{tokenizer}' "
                 f"(vocabulary {self.tokenizer.vocab_size}); use the tokenizer the generator was trained with"
             )
-        self.input_shape = self._input_shape(tokenizer, image_size, num_frames)
-        self.grid = self.tokenizer.grid(self.input_shape)
+        self.input_shape = self._input_shape(tokenizer, image_size, num_frames, duration)
+        self.code_grid = self.tokenizer.grid(self.input_shape)  # the tokenizer's grid
+        self.pattern = CodePattern(code_pattern, self.tokenizer.token_shape)
+        self.grid, token_shape = self.pattern.grid(self.code_grid)  # the unit's grid
+        if self.pattern.fixed(self.code_grid[0]) is not None and unit != "next_token":
+            raise ConfigError(
+                f"code_pattern '{code_pattern}' leaves cells that generation must not sample, which only "
+                "the next_token unit handles; use next_token, or code_pattern: stack / flatten"
+            )
         config = trunk_config(trunk, **(trunk_overrides or {}))
         self.trunk = Trunk(config)
         self.conditioning = build_condition(condition, config.d_model, num_classes, class_dropout)
@@ -104,17 +118,36 @@ class GeneratorModule(LightningModule):
         self.unit = build_unit(
             unit, d_model=config.d_model, grid=self.grid, **token_size, **(unit_kwargs or {})
         )
-        head_shape = getattr(getattr(self.unit, "head", None), "token_shape", self.tokenizer.token_shape)
-        if tuple(head_shape) != tuple(self.tokenizer.token_shape):
+        head_shape = getattr(getattr(self.unit, "head", None), "token_shape", token_shape)
+        if tuple(head_shape) != tuple(token_shape):
             raise ConfigError(
-                f"the tokenizer gives {self.tokenizer.token_shape or 'one'} id(s) per grid cell but the "
-                f"unit's head predicts {head_shape or 'one'}; choose a matching head in model.unit_kwargs"
+                f"the tokenizer (code pattern {code_pattern}) gives {token_shape or 'one'} id(s) per grid "
+                f"cell but the unit's head predicts {head_shape or 'one'}; choose a matching head in "
+                "model.unit_kwargs (channel_ar or parallel with levels / channels = the ids per cell)"
             )
         self.save_hyperparameters()
         self.hparams.vocab_size = self.tokenizer.vocab_size  # checkpoints remember the vocabulary they need
 
-    def _input_shape(self, path: str, image_size: int, num_frames: int | None) -> tuple[int, ...]:
-        """(C, H, W) of an image tokenizer, (C, T, H, W) of a video tokenizer; ConfigError on a mismatch."""
+    def _input_shape(
+        self, path: str, image_size: int, num_frames: int | None, duration: float | None
+    ) -> tuple[int, ...]:
+        """(C, H, W) of an image tokenizer, (C, T, H, W) of a video tokenizer, (C, samples) of an audio
+        tokenizer; ConfigError on a mismatch."""
+        audio = self.tokenizer.modality == "audio"
+        if audio != (duration is not None):
+            fix = "set model.duration to the clips' length in seconds (e.g. 0.5)" if audio else "drop it"
+            raise ConfigError(
+                f"the tokenizer at '{path}' ({self.tokenizer.name}) is {self.tokenizer.modality} and "
+                f"model.duration={duration}: {fix}"
+            )
+        if audio:
+            samples = duration * self.tokenizer.sample_rate
+            if duration <= 0 or abs(samples - round(samples)) > 1e-6:
+                raise ConfigError(
+                    f"model.duration={duration} s is not a positive whole number of samples at the "
+                    f"tokenizer's {self.tokenizer.sample_rate} Hz"
+                )
+            return (self.tokenizer.in_channels, round(samples))
         video = self.tokenizer.modality == "video"
         if video and num_frames is None:
             raise ConfigError(
@@ -136,8 +169,9 @@ class GeneratorModule(LightningModule):
         return self
 
     def tokens_of(self, batch: dict) -> torch.Tensor:
-        """Token grid [B, *grid] of a batch: cached tokens, or images encoded by the tokenizer."""
-        return batch_tokens(batch, self.tokenizer, self.input_shape)
+        """The unit's tokens [B, *grid] of a batch: cached tokens, or images (clips, audio) encoded by the
+        tokenizer, laid out by the code pattern."""
+        return self.pattern.apply(batch_tokens(batch, self.tokenizer, self.input_shape))
 
     def step_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         tokens, padding = self.tokens_of(batch), {}
@@ -202,37 +236,45 @@ class GeneratorModule(LightningModule):
                 raise ConfigError(
                     f"the {self.unit.name} unit cannot continue a prefix; units that can: {able}"
                 )
-            unit_kwargs["prefix"] = prefix.to(self.device)
+            prefix = prefix.to(self.device)
+            unit_kwargs["prefix"] = self.pattern.prefix(prefix)
+        fixed = self.pattern.fixed(self.code_grid[0], prefix, self.device)
+        if fixed is not None:  # entries of the layout known before sampling (empty or given) are set
+            unit_kwargs["fixed"] = fixed
         cond = self.conditioning.for_sampling(conditions, sampler.guided)
         trunk = self.trunk.with_prefix_padding(cond.valid)
-        return self.unit.generate(trunk, cond.tokens, self.grid, sampler, **unit_kwargs)
+        return self.pattern.revert(self.unit.generate(trunk, cond.tokens, self.grid, sampler, **unit_kwargs))
 
     @torch.no_grad()
-    def continue_video(
-        self, clips: torch.Tensor, conditions, given_frames: int = 1, sampler: Sampler | None = None
+    def continue_clips(
+        self, clips: torch.Tensor, conditions, given: int = 1, sampler: Sampler | None = None
     ) -> torch.Tensor:
-        """Frame-conditioned generation (video prediction, image-to-video): clips [B, C, T, H, W] in [-1, 1]
-        -> videos of the same shape whose first frames are the clips' own, bit for bit, and the rest
-        generated.
+        """Continuation of video or audio clips (video prediction, image-to-video, audio continuation):
+        clips [B, C, T, H, W] or [B, C, samples] in [-1, 1] -> clips of the same shape whose start is the
+        input's own, bit for bit, and the rest generated.
 
-        The clips are encoded and their first `given_frames` latent frames are the prefix the unit continues
-        (`generate_tokens`); the output keeps the video frames those latent frames code
-        (`tokenizer.frames_of`: 1 + (k - 1) * t_down for a causal tokenizer) from the input, and the frames
-        after them decoded from every token, given and generated."""
-        if self.tokenizer.modality != "video":
-            raise ConfigError("continue_video needs a video generator (video tokenizer, model.num_frames)")
-        if not 0 < given_frames < self.grid[0]:
+        The clips are encoded and the tokens of their first `given` latent frames are the prefix the unit
+        continues (`generate_tokens`); the output keeps the input frames (samples) those latent frames code
+        from the input: `tokenizer.frames_of(given)` video frames (1 + (k - 1) * t_down for a causal video
+        tokenizer), `given * hop` audio samples; the rest is decoded from every token, given and generated."""
+        modality = self.tokenizer.modality
+        if modality not in ("video", "audio"):
             raise ConfigError(
-                f"given_frames={given_frames} must lie in [1, {self.grid[0] - 1}]: the clips have "
-                f"{self.grid[0]} latent frames and at least one must be generated"
+                "continuation needs a video or audio generator (model.num_frames / model.duration)"
+            )
+        frames = self.code_grid[0]
+        if not 0 < given < frames:
+            raise ConfigError(
+                f"given={given} latent frames must lie in [1, {frames - 1}]: the clips have {frames} latent "
+                "frames and at least one must be generated"
             )
         clips = clips.to(self.device)
-        tokens = batch_tokens({"video": clips}, self.tokenizer, self.input_shape)  # (B, t, h, w)
-        generated = self.generate_tokens(conditions, sampler, prefix=tokens[:, :given_frames])
-        videos = self.tokenizer.decode(generated).float().clamp(-1, 1)
-        kept = self.tokenizer.frames_of(given_frames)
-        videos[:, :, :kept] = clips[:, :, :kept].to(videos.dtype)
-        return videos
+        tokens = batch_tokens({modality: clips}, self.tokenizer, self.input_shape)  # (B, frames, ...)
+        generated = self.generate_tokens(conditions, sampler, prefix=tokens[:, :given])
+        out = self.tokenizer.decode(generated).float().clamp(-1, 1)
+        kept = self.tokenizer.frames_of(given) if modality == "video" else given * self.tokenizer.downsample
+        out[:, :, :kept] = clips[:, :, :kept].to(out.dtype)
+        return out
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.generate(self.conditioning.values_of(batch))

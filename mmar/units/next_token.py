@@ -64,6 +64,7 @@ class NextToken(PredictionUnit):
         teacher: torch.Tensor | None = None,
         teacher_prob: float = 0.0,
         prefix: torch.Tensor | None = None,
+        fixed: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Decode N tokens one by one. cond [B or 2B (CFG), n_cond, D] -> tokens [B, *grid].
 
@@ -74,6 +75,9 @@ class NextToken(PredictionUnit):
         replaced by the teacher's with probability `teacher_prob`, independently per sample and step,
         and decoding continues from whichever token was kept. These draws use their own random stream
         (seeded from `sampler.seed`), so that `teacher_prob=0` reproduces plain generation exactly.
+
+        `fixed` = (values, mask), both [B or 1, N, *token_shape], sets the masked entries to the given
+        values instead of sampling them (the empty and given cells of a code pattern, `mmar.code_patterns`).
         """
         self.check_grid(grid)
         if teacher is not None:
@@ -100,6 +104,8 @@ class NextToken(PredictionUnit):
             token = self.head.sample(hidden[:, -1], sampler, i / n, generator)  # (B, *token_shape)
             if teacher is not None:
                 token = torch.where(keep[:, i].view(-1, *[1] * (token.ndim - 1)), teacher[:, i], token)
+            if fixed is not None:
+                token = torch.where(fixed[1][:, i], fixed[0][:, i], token)
             tokens.append(token)
             fed = torch.cat([token, token]) if sampler.guided else token  # both CFG halves read it
             embedded = self.head.embed(fed)[:, None]  # (B', 1, D)

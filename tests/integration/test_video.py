@@ -124,10 +124,10 @@ def test_cached_video_tokens_are_the_tokenizers_and_train_the_generator(debug_vi
 
 
 @pytest.mark.parametrize("given", [1, 2])
-def test_continue_video_keeps_the_given_frames_bit_for_bit(debug_video_tokenizer, given):
+def test_continue_clips_keeps_the_given_frames_bit_for_bit(debug_video_tokenizer, given):
     model = generator(debug_video_tokenizer).eval()
     clips = video_batch(3)["video"]
-    out = model.continue_video(clips, torch.tensor([1, 2, 3]), given, Sampler(seed=0))
+    out = model.continue_clips(clips, torch.tensor([1, 2, 3]), given, Sampler(seed=0))
     kept = model.tokenizer.frames_of(given)  # 1, then 5 frames
     assert out.shape == clips.shape and kept == 1 + 4 * (given - 1)
     assert torch.equal(out[:, :, :kept], clips[:, :, :kept])
@@ -157,10 +157,10 @@ def test_wrong_shapes_are_one_line_errors(
         )
     clips = video_batch(2)["video"]
     for given in (0, 3):
-        with pytest.raises(ConfigError, match="given_frames"):
-            video_model.continue_video(clips, torch.tensor([0, 1]), given)
-    with pytest.raises(ConfigError, match="video generator"):
-        debug_generator[0].continue_video(clips, torch.tensor([0, 1]))
+        with pytest.raises(ConfigError, match="latent frames must lie"):
+            video_model.continue_clips(clips, torch.tensor([0, 1]), given)
+    with pytest.raises(ConfigError, match="video or audio generator"):
+        debug_generator[0].continue_clips(clips, torch.tensor([0, 1]))
     monkeypatch.setattr(type(video_model.unit), "supports_prefix", False)
     with pytest.raises(ConfigError, match="cannot continue a prefix"):
         video_model.generate_tokens(torch.tensor([0]), prefix=torch.zeros(1, 1, 4, 4, dtype=torch.long))
