@@ -105,12 +105,13 @@ def debug_video_tokenizer(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def debug_audio_codec(tmp_path_factory) -> str:
-    """Folder of a random tiny RVQ codec (3 levels of 16 codes; 0.25 s at 8 kHz -> 25 frames)."""
+    """Folder of a random tiny RVQ codec (4 levels of 16 codes; 0.25 s at 8 kHz -> 25 frames), shaped like
+    configs/debug/audio_codec.yaml's."""
     from tokenizers_audio import RVQCodec
 
     torch.manual_seed(0)
     codec = RVQCodec(
-        sample_rate=8000, channels=4, latent_dim=8, strides=[2, 4, 2, 5], num_quantizers=3, codebook_size=16
+        sample_rate=8000, channels=4, latent_dim=8, strides=[2, 4, 2, 5], num_quantizers=4, codebook_size=16
     )
     export = tmp_path_factory.mktemp("debug_audio") / "tokenizer"
     codec.eval().save_pretrained(export)

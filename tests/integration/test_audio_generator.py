@@ -12,9 +12,14 @@ from mmar.errors import ConfigError
 from mmar.lit import GeneratorModule
 from mmar.sampling import Sampler
 
-LEVELS, FRAMES = 3, 25  # the debug codec: 3 levels of 16 codes, 25 frames for 0.25 s at 8 kHz
+LEVELS, FRAMES = 4, 25  # the debug codec: 4 levels of 16 codes, 25 frames for 0.25 s at 8 kHz
 SETUPS = {  # name -> (unit, code pattern, unit kwargs, trunk passes per clip)
-    "delay": ("next_token", "delay", {"head": "parallel", "head_kwargs": {"levels": LEVELS}}, FRAMES + 2),
+    "delay": (
+        "next_token",
+        "delay",
+        {"head": "parallel", "head_kwargs": {"levels": LEVELS}},
+        FRAMES + LEVELS - 1,
+    ),
     "flatten": ("next_token", "flatten", {}, FRAMES * LEVELS),
     "depth": ("next_token", "stack", {"head": "channel_ar", "head_kwargs": {"channels": LEVELS}}, FRAMES),
     "frame_blocks": ("next_block", "flatten", {"block": "row"}, FRAMES),

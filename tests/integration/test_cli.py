@@ -49,12 +49,15 @@ def fixture_overrides(config: Path, request) -> list[str]:
 
 
 def tokenizer_fixture(config: Path) -> str:
-    """The fixture whose tokenizer fits the recipe: a video tokenizer for video generators, latents for
+    """The fixture whose tokenizer fits the recipe: a video tokenizer for video generators, a codec for audio
+    generators, latents for
     continuous units, per-channel ids for the channel-AR head, the debug VQ otherwise."""
     init_args = yaml.safe_load(config.read_text())["model"]["init_args"]
     head = (init_args.get("unit_kwargs") or {}).get("head")
     if init_args.get("num_frames"):  # video generators
         return "debug_video_tokenizer"
+    if init_args.get("duration"):  # audio generators
+        return "debug_audio_codec"
     if head == "channel_ar":
         return "debug_tokenbridge_tokenizer"
     if "condition" in init_args:  # text-to-image recipes: RGB images
