@@ -1,8 +1,13 @@
 """Audio tokenizers on the `mmar.tokenizer` contract.
 
-Importing this package registers its tokenizers in `mmar.tokenizer.TOKENIZERS` ("rvq_codec"), which
+- `RVQCodec` ("rvq_codec"): a residual-VQ neural codec trained with mmar (SEANet, quantizer dropout).
+- `TransformersCodec` ("transformers_codec"): the pretrained codecs of `transformers` (EnCodec, DAC,
+  Mimi), frozen, from a model folder or Hugging Face id (`pip install "mmar[codecs]"`).
+
+Importing this package registers its tokenizers in `mmar.tokenizer.TOKENIZERS`, which
 `mmar.tokenizer.load_tokenizer(path)` does by itself (entry point "mmar.tokenizers": audio) the first time
-it meets a name it does not know. Audio is [B, C, samples] in [-1, 1]; the token grid is (frames,).
+it meets a name it does not know. Audio is [B, C, samples] in [-1, 1]; the token grid is (frames,) and the
+ids are [B, frames, Q] (Q residual levels).
 """
 
 from tokenizers_audio.codec import RVQCodec
@@ -18,6 +23,7 @@ from tokenizers_audio.losses import (
     mel_filterbank,
     mel_frequencies,
 )
+from tokenizers_audio.transformers_codecs import TransformersCodec
 
 __all__ = [
     "MelSpectrogram",
@@ -26,6 +32,7 @@ __all__ = [
     "MultiScaleSTFTDiscriminator",
     "RVQCodec",
     "STFTDiscriminator",
+    "TransformersCodec",
     "discriminator_hinge_loss",
     "feature_matching_loss",
     "generator_hinge_loss",
