@@ -3,8 +3,15 @@ pattern (stack, flatten, delay) with the units that model 1D and (frame, level) 
 equal to the full forward, continuation that keeps the given samples bit for bit, and the one-line errors
 of wrong configurations."""
 
+import json
+import subprocess
+import sys
+
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
+from PIL import Image
 
 from mmar.code_patterns import EMPTY
 from mmar.data import EmbeddedNotesDataModule
@@ -115,3 +122,59 @@ def test_audio_configuration_errors(debug_audio_codec, debug_tokenizer):
         model.step_losses({"audio": torch.zeros(2, 1, 1600), "label": torch.zeros(2, dtype=torch.long)})
     with pytest.raises(ConfigError, match="reads audio"):
         model.step_losses({"image": torch.zeros(2, 1, 16, 16), "label": torch.zeros(2, dtype=torch.long)})
+
+
+@pytest.fixture(scope="module")
+def audio_generator(debug_audio_codec, tmp_path_factory):
+    """(model, last.ckpt): the delay-pattern generator after 3 training steps on the embedded notes."""
+    from conftest import fit_three_steps
+
+    model = generator(debug_audio_codec, "delay", warmup_steps=1)
+    data = EmbeddedNotesDataModule(
+        sample_rate=8000, duration=0.25, batch_size=4, num_clips_train=16, num_clips_val=4
+    )
+    return fit_three_steps(model, data, tmp_path_factory.mktemp("audio_gen"))
+
+
+def run_script(*args: str) -> None:
+    subprocess.run([sys.executable, "scripts/sample_audio.py", *args], check=True, capture_output=True)
+
+
+def test_sample_audio_writes_wavs_spectrograms_and_samples(audio_generator, tmp_path):
+    _, ckpt = audio_generator
+    out = tmp_path / "class"
+    run_script("--ckpt", str(ckpt), "--out", str(out), "--classes", "3", "7", "--per-class", "2")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_clips"] == 4 and metrics["trunk_passes_per_clip"] == FRAMES + LEVELS - 1
+    assert metrics["clip_shape"] == [1, 2000] and metrics["code_pattern"] == "delay"
+    with np.load(out / "samples.npz") as data:
+        assert data["audio"].shape == (4, 1, 2000) and data["sample_rate"] == 8000
+        np.testing.assert_array_equal(data["labels"], [3, 3, 7, 7])
+        written, rate = sf.read(out / "clips" / "0.wav", always_2d=True)
+        assert rate == 8000 and written.shape == (2000, 1)
+        np.testing.assert_allclose(written[:, 0], data["audio"][0, 0], atol=1 / 32767 + 1e-6)  # 16-bit PCM
+    with Image.open(out / "clips" / "3.png") as png:
+        assert png.mode == "RGB" and png.height > 0
+
+
+def test_sample_audio_continues_notes_and_files(audio_generator, tmp_path):
+    _, ckpt = audio_generator
+    out = tmp_path / "notes"
+    run_script("--ckpt", str(ckpt), "--out", str(out), "--continue-from", "notes", "--num-clips", "3")
+    data = EmbeddedNotesDataModule(sample_rate=8000, duration=0.25, num_clips_val=3)
+    data.setup()
+    given = torch.stack([data.val_dataset[i]["audio"] for i in range(3)])
+    with np.load(out / "samples.npz") as samples:  # 10 given latent frames of 80 samples kept exactly
+        np.testing.assert_array_equal(samples["audio"][:, :, :800], given[:, :, :800].numpy())
+    folder = tmp_path / "wavs"
+    folder.mkdir()
+    sf.write(folder / "a.wav", np.random.default_rng(0).uniform(-0.5, 0.5, (4000, 2)), 16000)  # resampled
+    run_script("--ckpt", str(ckpt), "--out", str(tmp_path / "files"), "--continue-from", str(folder))
+    metrics = json.loads((tmp_path / "files" / "metrics.json").read_text())
+    assert metrics["mode"] == "continuation" and metrics["given_samples"] == 800
+    bad = subprocess.run(
+        [sys.executable, "scripts/sample_audio.py", "--ckpt", str(ckpt), "--per-class", "0"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode != 0 and "--per-class must be >= 1" in bad.stderr
