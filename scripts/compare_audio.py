@@ -1,0 +1,255 @@
+"""Train the audio tokenizers and generators of configs/audio/ and compare them in two tables (docs/audio.md).
+
+    python scripts/compare_audio.py                          # train (timed), score, write docs/audio.md
+    python scripts/compare_audio.py --part tokenizers        # only the tokenizer table
+    python scripts/compare_audio.py --part generators --skip-training   # re-score trained generators
+
+Tokenizers: each recipe of --tokenizer-recipes is trained by `mmar fit` under --tokenizer-minutes (the
+trainer's max_time), then its exported tokenizer encodes and decodes --num-clips held-out notes
+(`mmar.eval.audio.reconstruction_report`): bitrate, multi-scale mel distance, SI-SDR, STFT distance and
+codebook usage; residual codecs also at every number of levels.
+
+Generators: every recipe of --recipes uses the same trunk (4 layers, width 128), data, optimiser and
+wall-clock budget (--budget-minutes). Each then samples --per-class clips of each of the 12 pitch classes
+(guidance --cfg-scale, constant; temperature 1; seed = batch index) and continues --num-clips held-out
+notes from their first --given-frames latent frames, conditioned on their own pitch class; the embedded
+pitch classifier (`mmar.eval.audio.NotesMetrics`) scores both: class accuracy and the classifier-feature
+Fréchet distance against held-out notes (not FAD). Trunk passes per clip are counted during sampling;
+seconds per clip is the wall time of class-conditional sampling divided by the clips (CPU). One example
+per unit, its first sample of each pitch class C to B in a row, goes to docs/audio_<recipe>.wav (and .png,
+its spectrogram).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from mmar.audio_io import save_spectrogram, write_wav
+from mmar.data.audio import PITCH_CLASSES, EmbeddedNotesDataModule
+from mmar.eval.audio import NotesMetrics, reconstruction_report
+from mmar.eval.report import merge_rows, train_and_score, trainer_seconds, write_marked
+from mmar.lit.loading import load_generator
+from mmar.sampling import Sampler
+from mmar.tokenizer import load_tokenizer
+from mmar.trunk import PassCounter
+
+TOKENIZER_RECIPES = ["configs/audio/notes_codec.yaml", "configs/audio/notes_kl.yaml"]
+RECIPES = [
+    f"configs/audio/notes_{name}.yaml" for name in ("next_token_delay", "next_block_frames", "masked_ar")
+]
+NUM_CLASSES = len(PITCH_CLASSES)
+SAMPLE_RATE, DURATION = 16000, 0.5  # the recipes' clips
+
+
+def held_out_notes(n: int) -> dict[str, torch.Tensor]:
+    """The first n notes of the embedded val split, with their pitch classes."""
+    data = EmbeddedNotesDataModule(sample_rate=SAMPLE_RATE, duration=DURATION, num_clips_val=n)
+    data.setup()
+    items = [data.val_dataset[i] for i in range(n)]
+    return {key: torch.stack([item[key] for item in items]) for key in ("audio", "label")}
+
+
+# ------------------------------------------------------------------------------------------- tokenizers
+def trained_steps(root: Path) -> int | None:
+    """The last step logged in the newest lightning_logs/version_*/metrics.csv under `root`."""
+    logs = sorted(root.glob("lightning_logs/version_*/metrics.csv"), key=lambda p: p.stat().st_mtime)
+    if not logs:
+        return None
+    with logs[-1].open() as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f) if row.get("step")]
+    return max(steps) + 1 if steps else None
+
+
+def score_tokenizer(recipe: str, notes: dict, seconds: float | None) -> dict:
+    config = yaml.safe_load(Path(recipe).read_text())
+    tokenizer = load_tokenizer(config["model"]["init_args"]["export_dir"])
+    with torch.no_grad():
+        report = reconstruction_report(tokenizer, notes["audio"])
+    row = {
+        "recipe": recipe,
+        "tokenizer": tokenizer.name,
+        "steps": trained_steps(Path(config["trainer"]["default_root_dir"])),
+        "train_seconds": seconds,
+        **report,
+    }
+    if getattr(tokenizer, "num_quantizers", 1) > 1:  # every prefix of the residual levels is a codec
+        per_level = []
+        for q in range(1, tokenizer.num_quantizers + 1):
+            with torch.no_grad():
+                level = reconstruction_report(tokenizer, notes["audio"], num_quantizers=q)
+            per_level.append({k: level[k] for k in ("bitrate", "mel_distance", "si_sdr")})
+        row["per_level"] = per_level
+    return row
+
+
+def train_tokenizer(recipe: str, minutes: float) -> float:
+    """`mmar fit --config recipe` under the budget; its wall time in seconds."""
+    whole, seconds = divmod(int(minutes * 60), 60)
+    start = time.perf_counter()
+    subprocess.run(
+        ["mmar", "fit", "--config", recipe, "--trainer.enable_progress_bar=false"]
+        + [f"--trainer.max_time=00:00:{whole:02d}:{seconds:02d}"],
+        check=True,
+    )
+    return time.perf_counter() - start
+
+
+def tokenizer_table(rows: list[dict]) -> str:
+    header = ["tokenizer", "recipe", "steps", "train (s)", "bitrate (bit/s)", "mel distance", "SI-SDR (dB)"]
+    header += ["STFT distance", "codebook usage per level", "mel distance / SI-SDR at 1, 2, ... levels"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    fmt = lambda value, spec: "n/a" if value is None else format(value, spec)
+    for r in rows:
+        usage = r.get("codebook_usage")
+        levels = r.get("per_level")
+        lines.append(
+            f"| {r['tokenizer']} | {Path(r['recipe']).stem} | {r.get('steps') or 'n/a'} | "
+            f"{fmt(r.get('train_seconds'), '.0f')} | {fmt(r.get('bitrate'), '.0f')} | "
+            f"{r['mel_distance']:.3f} | {r['si_sdr']:.2f} | {r['stft_distance']:.3f} | "
+            + (" / ".join(f"{u:.2f}" for u in usage) if usage else "continuous")
+            + " | "
+            + (", ".join(f"{lv['mel_distance']:.3f} / {lv['si_sdr']:.1f}" for lv in levels) if levels else "-")
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- generators
+@torch.no_grad()
+def score_generator(ckpt: Path, recipe: str, args, metrics: NotesMetrics, notes: dict) -> dict:
+    model = load_generator(ckpt)
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    labels = torch.arange(NUM_CLASSES).repeat_interleave(args.per_class)  # grouped by class
+    clips, start, batches = [], time.perf_counter(), labels.split(96)
+    with PassCounter(model.trunk) as counter:
+        for i, batch in enumerate(batches):
+            clips.append(model.generate(batch, Sampler(cfg_scale=args.cfg_scale, seed=i)).float().clamp(-1, 1))
+    seconds, passes = time.perf_counter() - start, counter.count / len(batches)
+    clips = torch.cat(clips)
+    example = torch.cat(list(clips[:: args.per_class]), dim=-1)  # the first clip of each class, C to B
+    stem = Path(recipe).stem.removeprefix("notes_")
+    write_wav(Path(args.docs).parent / f"audio_{stem}.wav", example, SAMPLE_RATE)
+    save_spectrogram(Path(args.docs).parent / f"audio_{stem}.png", example, SAMPLE_RATE)
+
+    continued = []
+    for i, (given, batch) in enumerate(zip(notes["audio"].split(96), notes["label"].split(96))):
+        sampler = Sampler(cfg_scale=args.cfg_scale, seed=i)
+        continued.append(model.continue_clips(given, batch, args.given_frames, sampler))
+    scored = metrics.compute(clips, labels)
+    scored_continued = metrics.compute(torch.cat(continued), notes["label"])
+    trained = [model.trunk, model.unit, model.conditioning]
+    return {
+        "unit": model.unit.name,
+        "tokenizer": model.tokenizer.name,
+        "code_pattern": model.pattern.name,
+        "block": str((model.hparams.unit_kwargs or {}).get("block", "")),
+        "parameters": sum(p.numel() for m in trained for p in m.parameters()),
+        "steps": checkpoint["global_step"],
+        "trainer_seconds": trainer_seconds(checkpoint),
+        "trunk_passes_per_clip": passes,
+        "seconds_per_clip": seconds / len(clips),
+        "num_clips": len(clips),
+        "class_accuracy": scored["audio_class_accuracy"],
+        "classifier_fd": scored["audio_classifier_fd"],
+        "classifier_fd_real_same_n": scored["audio_classifier_fd_real_same_n"],
+        "continued_class_accuracy": scored_continued["audio_class_accuracy"],
+        "num_continued": len(notes["label"]),
+    }
+
+
+def reference_rows(metrics: NotesMetrics, notes: dict, tokenizers: list[str]) -> list[dict]:
+    """The classifier on real held-out notes and on their reconstructions by each tokenizer: the ceilings
+    of the columns for any model and for a model over that tokenizer."""
+    rows = [{"recipe": "real held-out notes", "unit": "real notes", **plain(metrics.compute(**as_args(notes)))}]
+    for path in tokenizers:
+        with torch.no_grad():
+            tokenizer = load_tokenizer(path)
+            recon = tokenizer.decode(tokenizer.encode(notes["audio"])).clamp(-1, 1)
+        scored = plain(metrics.compute(recon, notes["label"]))
+        rows.append({"recipe": f"{tokenizer.name} reconstructions", "unit": "reconstructions", **scored})
+    return rows
+
+
+def as_args(notes: dict) -> dict:
+    return {"audio": notes["audio"], "labels": notes["label"]}
+
+
+def plain(scored: dict) -> dict:
+    return {
+        "class_accuracy": scored["audio_class_accuracy"],
+        "classifier_fd": scored["audio_classifier_fd"],
+        "classifier_fd_real_same_n": scored["audio_classifier_fd_real_same_n"],
+    }
+
+
+def generator_table(rows: list[dict]) -> str:
+    header = ["unit", "tokens", "steps", "train (s)", "passes / clip", "s / clip", "class acc.", "classifier FD"]
+    header += ["FD of real notes (same n)", "continued: class acc.", "example"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    fmt = lambda row, key, spec: "n/a" if row.get(key) is None else format(row[key], spec)
+    for r in rows:
+        stem = Path(r["recipe"]).stem.removeprefix("notes_")
+        tokens = r.get("tokenizer", "-")
+        if r.get("code_pattern"):
+            tokens += f", {r['code_pattern']}" + (f" ({r['block']} blocks)" if r.get("block") else "")
+        example = f"[wav](audio_{stem}.wav), [png](audio_{stem}.png)" if "steps" in r else "-"
+        lines.append(
+            f"| {r['unit']} | {tokens} | {r.get('steps', 'n/a')} | {fmt(r, 'trainer_seconds', '.0f')} | "
+            f"{fmt(r, 'trunk_passes_per_clip', '.0f')} | {fmt(r, 'seconds_per_clip', '.3f')} | "
+            f"{r['class_accuracy']:.3f} | {r['classifier_fd']:.2f} | {fmt(r, 'classifier_fd_real_same_n', '.2f')} | "
+            f"{fmt(r, 'continued_class_accuracy', '.3f')} | {example} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", choices=("all", "tokenizers", "generators"), default="all")
+    p.add_argument("--tokenizer-recipes", nargs="*", default=TOKENIZER_RECIPES)
+    p.add_argument("--recipes", nargs="*", default=RECIPES)
+    p.add_argument("--tokenizer-minutes", type=float, default=10.0, help="training budget per tokenizer")
+    p.add_argument("--budget-minutes", type=float, default=12.0, help="training budget per generator")
+    p.add_argument("--skip-training", action="store_true", help="score what is already trained")
+    p.add_argument("--per-class", type=int, default=20, help="clips per pitch class (12 classes)")
+    p.add_argument("--num-clips", type=int, default=240, help="held-out notes (reconstruction, continuation)")
+    p.add_argument("--given-frames", type=int, default=5, help="latent frames given when continuing")
+    p.add_argument("--cfg-scale", type=float, default=3.0)
+    p.add_argument("--docs", default="docs/audio.md")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    docs = Path(args.docs)
+    notes = held_out_notes(args.num_clips)
+    if args.part in ("all", "tokenizers"):
+        rows = []
+        for recipe in args.tokenizer_recipes:
+            seconds = None if args.skip_training else train_tokenizer(recipe, args.tokenizer_minutes)
+            rows.append(score_tokenizer(recipe, notes, seconds))
+        order = TOKENIZER_RECIPES
+        rows = merge_rows(rows, docs.with_name("audio_tokenizers.json"), "recipe", order, ["train_seconds"])
+        write_marked(docs, "audio_tokenizers", tokenizer_table(rows), "Audio")
+        print(tokenizer_table(rows))
+    if args.part in ("all", "generators"):
+        metrics = NotesMetrics(sample_rate=SAMPLE_RATE, duration=DURATION)
+        scorer = lambda config, ckpt: score_generator(ckpt, config, args, metrics, notes)
+        rows = train_and_score(args.recipes, scorer, args.budget_minutes, None, args.skip_training)
+        exports = [
+            yaml.safe_load(Path(r).read_text())["model"]["init_args"]["export_dir"] for r in TOKENIZER_RECIPES
+        ]
+        rows += reference_rows(metrics, notes, [e for e in exports if Path(e).is_dir()])
+        order = [*RECIPES, "real held-out notes"]
+        rows = merge_rows(rows, docs.with_name("audio_generators.json"), "recipe", order, ["train_seconds"])
+        write_marked(docs, "audio_generators", generator_table(rows), "Audio")
+        print(generator_table(rows))
+
+
+if __name__ == "__main__":
+    main()
