@@ -1,11 +1,16 @@
 """Audio tokenizers on the `mmar.tokenizer` contract.
 
-Importing this package registers its tokenizers in `mmar.tokenizer.TOKENIZERS` ("rvq_codec"), which
+- `RVQCodec` ("rvq_codec"): discrete, a SEANet codec with residual VQ, ids [B, frames, Q];
+- `AudioKLCodec` ("audio_kl"): continuous, the same SEANet nets with a KL bottleneck and a data-fitted
+  latent scale, latents [B, frames, D] for flow/diffusion-head generators (MELLE, DiTAR).
+
+Importing this package registers them in `mmar.tokenizer.TOKENIZERS`, which
 `mmar.tokenizer.load_tokenizer(path)` does by itself (entry point "mmar.tokenizers": audio) the first time
 it meets a name it does not know. Audio is [B, C, samples] in [-1, 1]; the token grid is (frames,).
 """
 
 from tokenizers_audio.codec import RVQCodec
+from tokenizers_audio.kl import AudioKLCodec
 from tokenizers_audio.losses import (
     MelSpectrogram,
     MultiResolutionSTFTLoss,
@@ -20,6 +25,7 @@ from tokenizers_audio.losses import (
 )
 
 __all__ = [
+    "AudioKLCodec",
     "MelSpectrogram",
     "MultiResolutionSTFTLoss",
     "MultiScaleMelLoss",
