@@ -1,6 +1,9 @@
 """Audio tokenizers on the `mmar.tokenizer` contract.
 
-- `RVQCodec` ("rvq_codec"): a residual-VQ neural codec trained with mmar (SEANet, quantizer dropout).
+- `RVQCodec` ("rvq_codec"): discrete, a SEANet codec with residual VQ trained with mmar (quantizer
+  dropout), ids [B, frames, Q];
+- `AudioKLCodec` ("audio_kl"): continuous, the same SEANet nets with a KL bottleneck and a data-fitted
+  latent scale, latents [B, frames, D] for flow/diffusion-head generators (MELLE, DiTAR);
 - `TransformersCodec` ("transformers_codec"): the pretrained codecs of `transformers` (EnCodec, DAC,
   Mimi), frozen, from a model folder or Hugging Face id (`pip install "mmar[codecs]"`).
 
@@ -11,6 +14,7 @@ ids are [B, frames, Q] (Q residual levels).
 """
 
 from tokenizers_audio.codec import RVQCodec
+from tokenizers_audio.kl import AudioKLCodec
 from tokenizers_audio.losses import (
     MelSpectrogram,
     MultiResolutionSTFTLoss,
@@ -26,6 +30,7 @@ from tokenizers_audio.losses import (
 from tokenizers_audio.transformers_codecs import TransformersCodec
 
 __all__ = [
+    "AudioKLCodec",
     "MelSpectrogram",
     "MultiResolutionSTFTLoss",
     "MultiScaleMelLoss",

@@ -25,6 +25,8 @@ is a codec of its own. `encode(x, num_quantizers=q)` then picks the bitrate at i
 `reconstruction_losses(recon, x)` gives the codec's own weighted reconstruction losses (time-domain L1,
 DAC's multi-scale mel loss, the multi-resolution STFT loss): the hook through which a training module
 stays modality-agnostic, summing whatever losses the tokenizer names instead of hard-coding pixel losses.
+It, the (frames,) grid and the input checks are shared with the continuous `AudioKLCodec` through
+`tokenizers_audio.waveform.WaveformTokenizer`; the SEANet nets here serve both.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ from torch.nn.utils.parametrizations import weight_norm
 from vector_quantize_pytorch import ResidualVQ
 
 from mmar.errors import ConfigError
-from mmar.tokenizer import Tokenizer, register_tokenizer
-from tokenizers_audio.losses import MultiResolutionSTFTLoss, MultiScaleMelLoss
+from mmar.tokenizer import register_tokenizer
+from tokenizers_audio.waveform import WaveformTokenizer, check
 
 
 class Conv1d(nn.Module):
@@ -155,13 +157,8 @@ class SEANetDecoder(nn.Module):
         return self.net(z)
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
 @register_tokenizer
-class RVQCodec(Tokenizer):
+class RVQCodec(WaveformTokenizer):
     """Discrete audio tokenizer: audio [B, C, samples] <-> ids [B, samples / hop, Q] (Q codebook levels).
 
     Default config (CPU-sized, ~6.5M parameters): mono 16 kHz, channels 32 -> 512 over strides (2, 4, 5, 8),
@@ -192,7 +189,6 @@ class RVQCodec(Tokenizer):
 
     name = "rvq_codec"
     kind = "discrete"
-    modality = "audio"
 
     def __init__(
         self,
@@ -216,14 +212,9 @@ class RVQCodec(Tokenizer):
     ):
         super().__init__()
         strides, dilations = [int(s) for s in strides], [int(d) for d in dilations]
-        _check(in_channels >= 1, f"in_channels must be >= 1 (1 mono, 2 stereo), got {in_channels}")
-        _check(
-            bool(strides) and min(strides) >= 1,
-            f"strides must be a non-empty list of ints >= 1, got {strides}; e.g. [2, 4, 5, 8] (hop 320)",
-        )
-        _check(num_quantizers >= 1, f"num_quantizers must be >= 1, got {num_quantizers}; e.g. 8")
-        _check(codebook_size >= 2, f"codebook_size must be >= 2, got {codebook_size}; e.g. 1024")
-        _check(
+        check(num_quantizers >= 1, f"num_quantizers must be >= 1, got {num_quantizers}; e.g. 8")
+        check(codebook_size >= 2, f"codebook_size must be >= 2, got {codebook_size}; e.g. 1024")
+        check(
             0.0 <= quantizer_dropout <= 1.0, f"quantizer_dropout must be in [0, 1], got {quantizer_dropout}"
         )
         self.config = {
@@ -245,15 +236,11 @@ class RVQCodec(Tokenizer):
             "mel_weight": mel_weight,
             "stft_weight": stft_weight,
         }
-        self.in_channels = in_channels
-        self.sample_rate = sample_rate
-        self.hop = math.prod(strides)
-        self.downsample = self.hop
+        self._init_waveform()
         self.vocab_size = codebook_size
         self.num_quantizers = num_quantizers
         self.token_shape = (num_quantizers,)
         self.quantizer_dropout = quantizer_dropout
-        self.loss_weights = {"time_l1": time_weight, "mel": mel_weight, "stft": stft_weight}
         net_args = (channels, latent_dim, strides, dilations, causal)
         self.encoder = SEANetEncoder(in_channels, *net_args)
         self.decoder = SEANetDecoder(in_channels, *net_args)
@@ -267,38 +254,8 @@ class RVQCodec(Tokenizer):
             commitment_weight=commitment_weight,
             rotation_trick=False,  # plain straight-through estimator, as EnCodec / DAC
         )
-        # loss modules hold no parameters and only non-persistent buffers: nothing of them is saved
-        self.mel_loss = MultiScaleMelLoss(sample_rate) if mel_weight else None
-        self.stft_loss = MultiResolutionSTFTLoss() if stft_weight else None
 
     # ----------------------------------------------------------------------------------- contract
-    def grid(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        """Token grid (frames,) = (samples / hop,) of audio (C, samples); ConfigError when it does not fit."""
-        if len(input_shape) != 2:
-            raise ConfigError(
-                f"the {self.name} tokenizer takes audio of shape (C, samples), got {tuple(input_shape)}; "
-                "use an audio DataModule (batch['audio'] [B, C, samples])"
-            )
-        c, samples = input_shape
-        if c != self.in_channels:
-            raise ConfigError(
-                f"audio has {c} channels but the {self.name} tokenizer expects {self.in_channels}; "
-                f"downmix/duplicate the channels or train a codec with in_channels={c}"
-            )
-        if samples < self.hop or samples % self.hop:
-            raise ConfigError(
-                f"audio length {samples} samples is not a positive multiple of the codec's hop {self.hop} "
-                f"(= prod(strides) {self.config['strides']}); crop or pad clips to a multiple of {self.hop}, "
-                f"e.g. {max(samples // self.hop, 1) * self.hop}"
-            )
-        return (samples // self.hop,)
-
-    def check_input(self, x: torch.Tensor) -> None:
-        """Validate an audio batch [B, C, samples] against this codec (ConfigError otherwise)."""
-        if x.ndim != 3:
-            raise ConfigError(f"expected audio of shape [B, C, samples], got {tuple(x.shape)}")
-        self.grid(tuple(x.shape[1:]))
-
     def bitrate(self, sample_rate: int | None = None, num_quantizers: int | None = None) -> float:
         """Bits per second of the ids at `num_quantizers` levels (default all Q):
         sample_rate / hop frames/s * levels * log2(codebook_size) bits (sample_rate defaults to the
@@ -399,21 +356,3 @@ class RVQCodec(Tokenizer):
                 f"ids must lie in [0, {self.vocab_size}) (codebook_size={self.vocab_size}), got values in "
                 f"[{int(ids.min())}, {int(ids.max())}]; check that the generator's vocab_size matches"
             )
-
-    # ------------------------------------------------------------------------------------ losses
-    def reconstruction_losses(self, recon: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The codec's own weighted reconstruction losses of `recon` against `x` (both [B, C, samples]).
-
-        Returns {"time_l1": time_weight * L1, "mel": mel_weight * multi-scale log-mel L1, "stft":
-        stft_weight * multi-resolution STFT loss}, terms with weight 0 left out. This is the hook that
-        keeps a training module modality-agnostic: it sums the terms a tokenizer names here (and logs
-        them by name) instead of applying a pixel loss that means nothing for waveforms.
-        """
-        losses: dict[str, torch.Tensor] = {}
-        if self.loss_weights["time_l1"]:
-            losses["time_l1"] = self.loss_weights["time_l1"] * F.l1_loss(recon.float(), x.float())
-        if self.mel_loss is not None:
-            losses["mel"] = self.loss_weights["mel"] * self.mel_loss(recon, x)
-        if self.stft_loss is not None:
-            losses["stft"] = self.loss_weights["stft"] * self.stft_loss(recon, x)
-        return losses

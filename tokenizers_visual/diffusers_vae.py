@@ -6,7 +6,7 @@ config dict (`vae_config`, random init: tests, or training from scratch with Tok
 tokenizer keeps the full diffusers config in its JSON and the weights in its own `model.safetensors`,
 so it reloads with `load_tokenizer` without the original folder.
 
-Latents are normalised as in `kl_vae.LatentNormalization`: `latent = (z - shift) * scale`, channels
+Latents are normalised as in `mmar.continuous.LatentNormalization`: `latent = (z - shift) * scale`, channels
 last. With `use_vae_scaling: true` shift and scale are the VAE's published numbers (diffusers' convention:
 `(z - shift_factor) * scaling_factor`, or `(z - latents_mean) * scaling_factor / latents_std` when the
 config has per-channel `latents_mean`/`latents_std`) and `fit_statistics` leaves them alone; otherwise
@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
+from mmar.continuous import LatentNormalization
 from mmar.errors import ConfigError
 from mmar.tokenizer import Tokenizer, register_tokenizer
-from tokenizers_visual.kl_vae import LatentNormalization
 
 INSTALL_HINT = 'pip install "mmar[diffusers]"'
 

@@ -41,9 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmar.continuous import LatentNormalization
 from mmar.errors import ConfigError
 from mmar.tokenizer import Tokenizer, register_tokenizer
-from tokenizers_visual.kl_vae import LatentNormalization
 from tokenizers_visual.segmenters import BoundarySegmenter, build_segmenter
 
 

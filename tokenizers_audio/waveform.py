@@ -1,0 +1,122 @@
+"""The part shared by the tokenizers that autoencode waveforms with a SEANet-style hop (`RVQCodec`,
+`AudioKLCodec`): config checks, the (frames,) token grid, input checks and the codec losses.
+
+Audio is [B, C, samples] in [-1, 1]; a tokenizer with hop h (the product of its encoder strides) maps it
+to `samples / h` frames, so clips must be a positive multiple of the hop. `reconstruction_losses(recon,
+x)` names the weighted losses of a waveform codec (time-domain L1, DAC's multi-scale mel loss, the
+multi-resolution STFT loss): the hook through which a training module stays modality-agnostic, summing
+whatever losses the tokenizer names instead of hard-coding pixel losses.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from mmar.errors import ConfigError
+from mmar.tokenizer import Tokenizer
+from tokenizers_audio.losses import MultiResolutionSTFTLoss, MultiScaleMelLoss
+
+
+def check(ok: bool, message: str) -> None:
+    """Raise ConfigError(message) unless `ok`."""
+    if not ok:
+        raise ConfigError(message)
+
+
+class WaveformTokenizer(Tokenizer):
+    """Base of the waveform codecs: audio [B, C, samples] <-> tokens on a grid of samples / hop frames.
+
+    Subclasses set `self.config` (their constructor kwargs) and call `_init_waveform` in their constructor,
+    then build their nets; `sample_rate` is used by the mel loss and `frame_rate` only (the nets are
+    rate-agnostic).
+    """
+
+    modality = "audio"
+    sample_rate: int
+    hop: int
+
+    def _init_waveform(self) -> None:
+        """Check the SEANet fields of `self.config` (in_channels, sample_rate, channels, latent_dim,
+        strides, dilations and the time/mel/STFT loss weights), set `in_channels`, `sample_rate` and `hop`
+        (= `downsample`) and build the loss modules (which hold no parameters and only non-persistent
+        buffers: nothing of them is saved)."""
+        cfg = self.config
+        in_channels, sample_rate, strides = cfg["in_channels"], cfg["sample_rate"], cfg["strides"]
+        channels, latent_dim, dilations = cfg["channels"], cfg["latent_dim"], cfg["dilations"]
+        check(in_channels >= 1, f"in_channels must be >= 1 (1 mono, 2 stereo), got {in_channels}")
+        check(sample_rate >= 1, f"sample_rate must be a positive number of Hz, got {sample_rate}; e.g. 16000")
+        check(channels >= 1, f"channels must be >= 1 (the first conv's width), got {channels}; e.g. 32")
+        check(latent_dim >= 1, f"latent_dim must be >= 1, got {latent_dim}")
+        check(
+            bool(strides) and min(strides) >= 1,
+            f"strides must be a non-empty list of ints >= 1, got {strides}; e.g. [2, 4, 5, 8] (hop 320)",
+        )
+        check(
+            bool(dilations) and min(dilations) >= 1,
+            f"dilations must be a non-empty list of ints >= 1, got {dilations}; e.g. [1, 3, 9]",
+        )
+        for field in ("time_weight", "mel_weight", "stft_weight"):
+            check(cfg[field] >= 0, f"{field} must be >= 0 (0 leaves the term out), got {cfg[field]}")
+        self.in_channels = in_channels
+        self.sample_rate = sample_rate
+        self.hop = math.prod(strides)
+        self.downsample = self.hop
+        self.loss_weights = {
+            "time_l1": cfg["time_weight"],
+            "mel": cfg["mel_weight"],
+            "stft": cfg["stft_weight"],
+        }
+        self.mel_loss = MultiScaleMelLoss(sample_rate) if cfg["mel_weight"] else None
+        self.stft_loss = MultiResolutionSTFTLoss() if cfg["stft_weight"] else None
+
+    @property
+    def frame_rate(self) -> float:
+        """Token frames per second: sample_rate / hop (50 for 16 kHz and hop 320)."""
+        return self.sample_rate / self.hop
+
+    def grid(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Token grid (frames,) = (samples / hop,) of audio (C, samples); ConfigError when it does not fit."""
+        if len(input_shape) != 2:
+            raise ConfigError(
+                f"the {self.name} tokenizer takes audio of shape (C, samples), got {tuple(input_shape)}; "
+                "use an audio DataModule (batch['audio'] [B, C, samples])"
+            )
+        c, samples = input_shape
+        if c != self.in_channels:
+            raise ConfigError(
+                f"audio has {c} channels but the {self.name} tokenizer expects {self.in_channels}; "
+                f"downmix/duplicate the channels or train a codec with in_channels={c}"
+            )
+        if samples < self.hop or samples % self.hop:
+            raise ConfigError(
+                f"audio length {samples} samples is not a positive multiple of the codec's hop {self.hop} "
+                f"(= prod(strides) {self.config['strides']}); crop or pad clips to a multiple of {self.hop}, "
+                f"e.g. {max(samples // self.hop, 1) * self.hop}"
+            )
+        return (samples // self.hop,)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Validate an audio batch [B, C, samples] against this codec (ConfigError otherwise)."""
+        if x.ndim != 3:
+            raise ConfigError(f"expected audio of shape [B, C, samples], got {tuple(x.shape)}")
+        self.grid(tuple(x.shape[1:]))
+
+    def reconstruction_losses(self, recon: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The codec's own weighted reconstruction losses of `recon` against `x` (both [B, C, samples]).
+
+        Returns {"time_l1": time_weight * L1, "mel": mel_weight * multi-scale log-mel L1, "stft":
+        stft_weight * multi-resolution STFT loss}, terms with weight 0 left out. This is the hook that
+        keeps a training module modality-agnostic: it sums the terms a tokenizer names here (and logs
+        them by name) instead of applying a pixel loss that means nothing for waveforms.
+        """
+        losses: dict[str, torch.Tensor] = {}
+        if self.loss_weights["time_l1"]:
+            losses["time_l1"] = self.loss_weights["time_l1"] * F.l1_loss(recon.float(), x.float())
+        if self.mel_loss is not None:
+            losses["mel"] = self.loss_weights["mel"] * self.mel_loss(recon, x)
+        if self.stft_loss is not None:
+            losses["stft"] = self.loss_weights["stft"] * self.stft_loss(recon, x)
+        return losses
