@@ -119,6 +119,18 @@ def debug_audio_codec(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def debug_audio_kl(tmp_path_factory) -> str:
+    """Folder of a random tiny continuous audio codec (latents of 4 dims; 0.25 s at 8 kHz -> 25 frames)."""
+    from tokenizers_audio import AudioKLCodec
+
+    torch.manual_seed(0)
+    codec = AudioKLCodec(sample_rate=8000, channels=4, latent_dim=4, strides=[2, 4, 2, 5])
+    export = tmp_path_factory.mktemp("debug_audio_kl") / "tokenizer"
+    codec.eval().save_pretrained(export)
+    return str(export)
+
+
+@pytest.fixture(scope="session")
 def debug_video_generator(debug_video_tokenizer, tmp_path_factory):
     """(model, last.ckpt) of a debug next-token video generator trained 3 steps with EMA on moving digits
     (16x16, 9 frames, a class per digit and direction: 80)."""

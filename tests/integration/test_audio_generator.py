@@ -178,3 +178,22 @@ def test_sample_audio_continues_notes_and_files(audio_generator, tmp_path):
         text=True,
     )
     assert bad.returncode != 0 and "--per-class must be >= 1" in bad.stderr
+
+
+def test_masked_ar_with_a_flow_head_generates_continuous_audio_latents(debug_audio_kl):
+    torch.manual_seed(0)
+    model = GeneratorModule(
+        debug_audio_kl,
+        unit="masked_ar",
+        unit_kwargs={"steps": 4, "head_width": 16, "head_depth": 1, "head_steps": 3},
+        duration=0.25,
+        num_classes=12,
+    )
+    assert model.grid == (FRAMES,) and model.tokenizer.kind == "continuous"
+    losses = model.step_losses(notes())
+    assert torch.isfinite(losses["loss"])
+    latents = model.generate_tokens(torch.tensor([0, 5]), Sampler(cfg_scale=2.0, seed=0))
+    assert latents.shape == (2, FRAMES, 4)
+    clips = notes(2)["audio"]
+    out = model.continue_clips(clips, torch.tensor([0, 1]), 5, Sampler(seed=0))
+    assert out.shape == clips.shape and torch.equal(out[:, :, :400], clips[:, :, :400])

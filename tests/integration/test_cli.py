@@ -56,8 +56,9 @@ def tokenizer_fixture(config: Path) -> str:
     head = (init_args.get("unit_kwargs") or {}).get("head")
     if init_args.get("num_frames"):  # video generators
         return "debug_video_tokenizer"
-    if init_args.get("duration"):  # audio generators
-        return "debug_audio_codec"
+    if init_args.get("duration"):  # audio generators: residual codes, or latents for continuous units
+        kinds = UNITS[init_args.get("unit", "next_token")].token_kinds
+        return "debug_audio_kl" if head == "flow" or kinds[0] == "continuous" else "debug_audio_codec"
     if head == "channel_ar":
         return "debug_tokenbridge_tokenizer"
     if "condition" in init_args:  # text-to-image recipes: RGB images
