@@ -40,14 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmar.data.audio import (
-    LOWEST_MIDI,
-    NUM_OCTAVES,
-    PITCH_CLASSES,
-    EmbeddedNotesDataModule,
-    EmbeddedNotesDataset,
-    midi_frequency,
-)
+from mmar.data import audio as notes  # the module, its names read at call time: importing mmar.data.audio
+
+# imports mmar.data.shapes, which imports mmar.eval, so this module may load while that one is half done
 from mmar.errors import ConfigError
 from mmar.eval.embedded import default_cache_dir, load_cached_classifier, save_classifier, single_thread
 from mmar.eval.frechet import feature_statistics, frechet_distance
@@ -60,10 +55,10 @@ STFT_WINDOWS = (2048, 512, 128)
 CLAMP_EPS = 1e-5
 
 CLASSIFIER_VERSION = 1  # bump when the architecture or the training recipe changes (invalidates caches)
-NUM_CLASSES = len(PITCH_CLASSES)
+NUM_CLASSES = 12  # len(mmar.data.audio.PITCH_CLASSES)
 FEATURE_DIM = 64
 BINS_PER_OCTAVE = 36  # three per semitone
-LOWEST_CENTRE_MIDI = LOWEST_MIDI - 3  # a minor third below the lowest note
+LOWEST_CENTRE_MIDI = 45  # a minor third below the lowest note (mmar.data.audio.LOWEST_MIDI = 48)
 HIGHEST_CENTRE_MIDI = 108  # C8: the fundamentals reach B5 (83); the rest shows the partials (timbre)
 FLOOR_DB = 80.0
 NOISE_SNR_DB = (5.0, 40.0)  # training augmentation: a noisy copy of every train clip, SNR drawn from here
@@ -276,12 +271,13 @@ class LogFrequencySpectrogram(nn.Module):
         super().__init__()
         self.n_fft = 2 ** math.ceil(math.log2(sample_rate / 4))
         self.hop_length = self.n_fft // 4
-        fmin = midi_frequency(LOWEST_CENTRE_MIDI)
-        fmax = min(midi_frequency(HIGHEST_CENTRE_MIDI), 0.45 * sample_rate)
-        if fmax < 2 * midi_frequency(LOWEST_MIDI + 12 * NUM_OCTAVES - 1):
+        fmin = notes.midi_frequency(LOWEST_CENTRE_MIDI)
+        fmax = min(notes.midi_frequency(HIGHEST_CENTRE_MIDI), 0.45 * sample_rate)
+        highest_note = notes.midi_frequency(notes.LOWEST_MIDI + 12 * notes.NUM_OCTAVES - 1)
+        if fmax < 2 * highest_note:
             raise ConfigError(
-                f"sample_rate={sample_rate} is too low for the notes (up to {midi_frequency(83):.0f} Hz and "
-                "their second partial); use >= 4800 Hz, e.g. 16000"
+                f"sample_rate={sample_rate} is too low for the notes (up to {highest_note:.0f} Hz and their "
+                "second partial); use >= 4400 Hz, e.g. 16000"
             )
         bank = log_frequency_filterbank(sample_rate, self.n_fft, fmin, fmax, BINS_PER_OCTAVE)
         self.register_buffer("filterbank", bank, persistent=False)  # [n_bins, F]; rebuilt, never saved
@@ -349,7 +345,9 @@ def classifier_cache_path(
     return root / "embedded" / f"{name}.safetensors"
 
 
-def _notes(dataset: EmbeddedNotesDataset, stop: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def _notes(
+    dataset: notes.EmbeddedNotesDataset, stop: int, start: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Clips `start` to `stop` of `dataset` as (audio [n, 1, samples], pitch classes long [n])."""
     items = [dataset[i] for i in range(start, min(stop, len(dataset)))]
     if not items:
@@ -358,7 +356,7 @@ def _notes(dataset: EmbeddedNotesDataset, stop: int, start: int = 0) -> tuple[to
 
 
 def _data_module(sample_rate: int, duration: float, seed: int, num_train: int, num_val: int):
-    data = EmbeddedNotesDataModule(
+    data = notes.EmbeddedNotesDataModule(
         sample_rate, duration, num_clips_train=max(num_train, 1), num_clips_val=num_val, seed=seed
     )
     data.setup()

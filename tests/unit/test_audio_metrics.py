@@ -5,6 +5,7 @@ initialised VGGish loaded by path."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -12,11 +13,12 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from mmar.data.audio import EmbeddedNotesDataset, midi_frequency
+from mmar.data.audio import LOWEST_MIDI, PITCH_CLASSES, EmbeddedNotesDataset, midi_frequency
 from mmar.errors import ConfigError
 from mmar.eval.audio import (
     BINS_PER_OCTAVE,
     LOWEST_CENTRE_MIDI,
+    NUM_CLASSES,
     LogFrequencySpectrogram,
     NotesMetrics,
     VGGishFeatures,
@@ -155,6 +157,7 @@ def test_reconstruction_report_of_a_continuous_tokenizer_has_no_usage_or_bitrate
 
 
 def test_log_frequency_front_end_resolves_semitones_from_midi_48():
+    assert len(PITCH_CLASSES) == NUM_CLASSES and LOWEST_CENTRE_MIDI == LOWEST_MIDI - 3
     bank = log_frequency_filterbank(SR, 4096, 110.0, 4000.0, BINS_PER_OCTAVE)
     assert torch.allclose(bank.sum(dim=1), torch.ones(len(bank))) and (bank.sum(dim=0) > 0).any()
     front = LogFrequencySpectrogram(SR)
@@ -292,3 +295,26 @@ def test_vggish_weights_load_from_pt_and_bad_files_are_one_line_errors(vggish, t
         with pytest.raises(ConfigError, match=match) as err:
             frechet_audio_distance(tones(2), tones(2), 8000, path)
         assert "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------------- script
+
+
+def test_eval_audio_tokenizers_script(tmp_path, load_script, capsys):
+    torch.manual_seed(0)
+    RVQCodec(**TINY_CODEC).save_pretrained(tmp_path / "codec")
+    out = tmp_path / "eval" / "audio.json"
+    script = load_script("eval_audio_tokenizers")
+    args = [str(tmp_path / "codec"), "--num-clips", "4", "--duration", "0.0503", "--device", "cpu"]
+    rows = script.main([*args, "--out", str(out)])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines == rows == json.loads(out.read_text())
+    row = rows[0]
+    assert row["name"] == "rvq_codec" and row["num_clips"] == 4 and row["duration"] == 800 / SR  # 804 -> 800
+    assert len(row["codebook_usage"]) == 3 and math.isfinite(row["si_sdr"])
+    levels = row["per_num_quantizers"]
+    assert [r["num_quantizers"] for r in levels] == [1, 2, 3] and levels[-1]["bitrate"] == row["bitrate"]
+    assert levels[-1]["mel_distance"] == pytest.approx(row["mel_distance"])
+    with pytest.raises(SystemExit):  # a ConfigError: one line on stderr, exit status 2
+        script.main([str(tmp_path / "absent")])
+    assert capsys.readouterr().err.startswith("error: no tokenizer at")
