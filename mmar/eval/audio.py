@@ -261,8 +261,10 @@ class LogFrequencySpectrogram(nn.Module):
     A long-window STFT (n_fft = the power of two >= sample_rate / 4, ~0.26 s: bins ~4 Hz apart, while a
     semitone at the lowest note, MIDI 48 ~ 131 Hz, is ~7.8 Hz wide; hop n_fft / 4) read through
     `mmar.spectral.log_frequency_filterbank` with three filters per semitone, centred from MIDI 45 to
-    C8 (capped at 0.45 * sample_rate). The log-frequency axis keeps every semitone 3 bins wide at every
-    octave, so a small MLP needs few inputs to find the pitch class, and the partials above the
+    C8 (capped at 0.45 * sample_rate). Why this and not a mel spectrogram: mel bands are about linear
+    below 1 kHz and, at usual band counts, tens of Hz wide there, several semitones at MIDI 48; a short
+    window cannot tell 131 Hz from 139 Hz at all. The log-frequency axis keeps every semitone 3 bins wide
+    at every octave, so a small MLP needs few inputs to find the pitch class, and the partials above the
     fundamental (timbre) keep their pattern. Magnitudes are in dB relative to the clip's loudest bin,
     floored at -80 dB and mapped to [0, 1]: loudness-invariant.
     """
