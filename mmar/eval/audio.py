@@ -629,27 +629,21 @@ class NotesMetrics:
 
 
 def to_vggish_rate(audio, sample_rate: int) -> list[torch.Tensor]:
-    """Clips as 16 kHz mono float32 signals [samples]: from a tensor [N, C, samples] or [N, samples], or a
-    sequence of clips [C, samples] / [samples] (tensors or arrays, lengths may differ). Channels are
-    averaged, then each clip is resampled with soxr (HQ) when `sample_rate` is not 16000."""
+    """Clips as 16 kHz mono float32 signals [samples]: from a tensor (or array) [N, C, samples] or
+    [N, samples], or a sequence of clips [C, samples] / [samples] whose lengths may differ. Channels are
+    averaged, then the clips are resampled with soxr (HQ) when `sample_rate` is not 16000."""
     if sample_rate <= 0:
         raise ConfigError(f"sample_rate={sample_rate} must be > 0 (Hz)")
-    if isinstance(audio, torch.Tensor | np.ndarray):
-        if audio.ndim not in (2, 3):
-            raise ConfigError(f"expected audio [N, C, samples] or [N, samples], got {tuple(audio.shape)}")
-        clips = list(audio)
-    else:
-        clips = list(audio)
+    if isinstance(audio, torch.Tensor | np.ndarray) and audio.ndim not in (2, 3):
+        raise ConfigError(f"expected audio [N, C, samples] or [N, samples], got {tuple(audio.shape)}")
     out = []
-    for clip in clips:
+    for clip in audio:
         x = torch.as_tensor(np.asarray(clip.detach().cpu() if isinstance(clip, torch.Tensor) else clip))
-        if x.ndim == 2:
-            x = x.float().mean(dim=0)
+        x = x.float().mean(dim=0) if x.ndim == 2 else x.float()
         if x.ndim != 1 or x.numel() == 0:
             raise ConfigError(
-                f"every clip must be [C, samples] or [samples] with samples > 0, got {tuple(x.shape)}"
+                f"every clip must be [C, samples] or [samples], samples > 0, got {tuple(x.shape)}"
             )
-        x = x.float()
         if sample_rate != VGGISH_SAMPLE_RATE:
             x = torch.from_numpy(
                 soxr.resample(x.numpy(), sample_rate, VGGISH_SAMPLE_RATE, quality="HQ").copy()
@@ -678,13 +672,15 @@ class VGGishFeatures:
     def __call__(self, audio, sample_rate: int) -> torch.Tensor:
         """Embeddings [M, 128] of every 0.96 s example of every clip (see `to_vggish_rate` for `audio`)."""
         clips = to_vggish_rate(audio, sample_rate)
-        same_length = len({len(c) for c in clips}) == 1
-        groups = [torch.stack(clips)] if same_length else [c[None] for c in clips]
-        examples = torch.cat([log_mel_examples(g).flatten(0, 1) for g in groups])  # [M, 96, 64]
-        chunks = [
-            self.model(x[:, None].to(self.device)).float().cpu() for x in examples.split(self.batch_size)
-        ]
-        return torch.cat(chunks)
+        embeddings = []
+        for begin in range(0, len(clips), self.batch_size):  # a chunk of clips at a time: bounded memory
+            chunk = clips[begin : begin + self.batch_size]
+            groups = [torch.stack(chunk)] if len({len(c) for c in chunk}) == 1 else [c[None] for c in chunk]
+            examples = torch.cat([log_mel_examples(g).flatten(0, 1) for g in groups])  # [M, 96, 64]
+            embeddings += [
+                self.model(x[:, None].to(self.device)).float().cpu() for x in examples.split(self.batch_size)
+            ]
+        return torch.cat(embeddings)
 
 
 def frechet_audio_distance(
