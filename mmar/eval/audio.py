@@ -189,7 +189,8 @@ def reconstruction_report(
     """Encode and decode `clips` [N, C, samples] with `tokenizer` and score the reconstructions.
 
     Args:
-        tokenizer: an audio tokenizer (`mmar.tokenizer` contract), e.g. `tokenizers_audio.RVQCodec`.
+        tokenizer: an audio tokenizer (`mmar.tokenizer` contract), e.g. `tokenizers_audio.RVQCodec`; run
+            in eval mode, then put back in the mode it was in.
         clips: audio [N, C, samples] in [-1, 1], samples a length the tokenizer accepts.
         num_quantizers: code with the first q levels only (`encode(x, num_quantizers=q)`, tokenizers with
             a `num_quantizers` attribute); None: all of them.
@@ -221,17 +222,22 @@ def reconstruction_report(
     discrete = tokenizer.kind == "discrete"
     device = _device_of(tokenizer)
     recons, ids = [], []
-    for x in clips.split(batch_size):
-        tokens = tokenizer.encode(x.to(device), **kwargs)
-        recon = tokenizer.decode(tokens).float().cpu()
-        if recon.shape[:2] != x.shape[:2] or recon.shape[-1] < x.shape[-1]:
-            raise ConfigError(
-                f"the '{tokenizer.name}' tokenizer decoded {tuple(x.shape)} to {tuple(recon.shape)}; it "
-                "must give back [B, C, >= samples]"
-            )
-        recons.append(recon[..., : x.shape[-1]])
-        if discrete:
-            ids.append(tokens.cpu())
+    was_training = tokenizer.training
+    tokenizer.eval()  # no quantizer dropout, no codebook updates
+    try:
+        for x in clips.split(batch_size):
+            tokens = tokenizer.encode(x.to(device), **kwargs)
+            recon = tokenizer.decode(tokens).float().cpu()
+            if recon.shape[:2] != x.shape[:2] or recon.shape[-1] < x.shape[-1]:
+                raise ConfigError(
+                    f"the '{tokenizer.name}' tokenizer decoded {tuple(x.shape)} to {tuple(recon.shape)}; it "
+                    "must give back [B, C, >= samples]"
+                )
+            recons.append(recon[..., : x.shape[-1]])
+            if discrete:
+                ids.append(tokens.cpu())
+    finally:
+        tokenizer.train(was_training)
     recon, clips = torch.cat(recons), clips.float().cpu()
     report: dict = {"num_clips": len(clips), "sample_rate": int(sample_rate)}
     if discrete and hasattr(tokenizer, "bitrate"):

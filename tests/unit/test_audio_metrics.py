@@ -120,9 +120,10 @@ def test_codebook_usage_on_known_ids():
 
 def test_reconstruction_report_of_a_tiny_rvq_codec():
     torch.manual_seed(0)
-    codec = RVQCodec(**TINY_CODEC).eval()
+    codec = RVQCodec(**TINY_CODEC)  # in training mode: the report runs it in eval mode, then restores it
     clips = 0.5 * torch.rand(3, 1, 512, generator=torch.Generator().manual_seed(0)) - 0.25
     full = reconstruction_report(codec, clips, batch_size=2)
+    assert codec.training
     assert full["bitrate"] == codec.bitrate() and full["num_quantizers"] == 3 and full["num_clips"] == 3
     assert len(full["codebook_usage"]) == len(full["codebook_perplexity"]) == 3
     assert all(0 < u <= 1 for u in full["codebook_usage"])
