@@ -3,6 +3,7 @@ librosa is needed:
 
 - `hz_to_mel` / `mel_to_hz` / `mel_frequencies`: Slaney's mel scale (librosa's default) or HTK's formula;
 - `mel_filterbank`: triangular mel filters, as `librosa.filters.mel` (Slaney area normalisation or peak 1);
+- `log_frequency_filterbank`: constant-Q-like triangular filters on a log-frequency (semitone) axis;
 - `stft`: a complex STFT with a Hann window and centred frames, always in fp32;
 - `MelSpectrogram`: audio [B, C, samples] -> mel magnitudes [B * C, n_mels, frames].
 
@@ -93,6 +94,43 @@ def mel_filterbank(
     if norm == "slaney":
         weights = weights * (2.0 / (edges[2:] - edges[:-2]))[:, None]
     return weights.float()
+
+
+def log_frequency_filterbank(
+    sample_rate: int,
+    n_fft: int,
+    fmin: float,
+    fmax: float,
+    bins_per_octave: int = 36,
+) -> torch.Tensor:
+    """Constant-Q-like filters [n_bins, n_fft // 2 + 1] (float32) on a log-frequency axis.
+
+    Filter k is centred at `fmin * 2 ** (k / bins_per_octave)` (every centre <= fmax) and is a triangle in
+    log-frequency reaching 0 one bin step (1 / bins_per_octave octave) away, so its bandwidth is a fixed
+    fraction of its centre frequency, as in a constant-Q transform. Where that is narrower than the FFT's
+    bin spacing (low centres and short FFTs), the filter is widened to a triangle of one FFT bin on either
+    side in Hz, i.e. it interpolates linearly between the two nearest FFT bins, so that no filter is empty.
+    Each row sums to 1: a filter's output is a weighted mean of the magnitudes it covers.
+
+    Args:
+        sample_rate: sample rate in Hz.
+        n_fft: FFT size; the filters act on its `n_fft // 2 + 1` frequency bins.
+        fmin: centre of the lowest filter in Hz.
+        fmax: upper bound of the centres in Hz (<= sample_rate / 2).
+        bins_per_octave: filters per octave (36: three per semitone).
+    """
+    if not 0 < fmin <= fmax <= sample_rate / 2:
+        raise ConfigError(f"need 0 < fmin <= fmax <= sample_rate / 2, got fmin={fmin}, fmax={fmax}")
+    if bins_per_octave < 1:
+        raise ConfigError(f"bins_per_octave={bins_per_octave} must be >= 1, e.g. 36")
+    n_bins = math.floor(bins_per_octave * math.log2(fmax / fmin) + 1e-9) + 1
+    centres = fmin * 2.0 ** (torch.arange(n_bins, dtype=torch.float64) / bins_per_octave)  # [n_bins]
+    fft_freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)  # [F]
+    octaves = torch.log2(fft_freqs.clamp_min(1e-6)[None, :] / centres[:, None])  # [n_bins, F]
+    log_triangle = 1.0 - octaves.abs() * bins_per_octave
+    hz_triangle = 1.0 - (fft_freqs[None, :] - centres[:, None]).abs() / (sample_rate / n_fft)
+    weights = torch.maximum(log_triangle, hz_triangle).clamp_min(0.0)  # the wider of the two triangles
+    return (weights / weights.sum(dim=1, keepdim=True)).float()
 
 
 def as_mono_batch(x: torch.Tensor) -> torch.Tensor:

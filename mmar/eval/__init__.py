@@ -1,7 +1,21 @@
 """Evaluation: ADM-protocol FID / sFID / IS / precision-recall (`fid`, on `inception` features), StyleGAN-V
-FVD (`fvd`), the Fréchet distance, tokenizer metrics and the embedded digits and moving-digits metrics
-(`embedded`, `video`: not Inception FID or FVD). See docs/evaluation.md."""
+FVD (`fvd`), the Fréchet distance, tokenizer metrics, audio metrics (`audio`: codec reconstruction
+metrics, the Fréchet Audio Distance on `vggish` features) and the embedded digits, moving-digits and notes
+metrics (`embedded`, `video`, `audio`: not Inception FID, FVD or FAD). See docs/evaluation.md."""
 
+from mmar.eval.audio import (
+    NotesClassifier,
+    NotesMetrics,
+    VGGishFeatures,
+    codebook_usage,
+    frechet_audio_distance,
+    load_notes_classifier,
+    mel_distance,
+    reconstruction_report,
+    si_sdr,
+    stft_distance,
+    train_notes_classifier,
+)
 from mmar.eval.embedded import (
     DigitsClassifier,
     DigitsMetrics,
@@ -42,22 +56,33 @@ __all__ = [
     "InceptionFeatures",
     "MovingDigitsClassifier",
     "MovingDigitsMetrics",
+    "NotesClassifier",
+    "NotesMetrics",
+    "VGGishFeatures",
     "as_frames",
+    "codebook_usage",
     "feature_statistics",
+    "frechet_audio_distance",
     "frechet_distance",
     "fvd",
     "image_metrics",
     "inception_score",
     "load_digits_classifier",
+    "load_notes_classifier",
     "load_reference",
     "load_video_classifier",
+    "mel_distance",
     "perturbed_fd",
     "precision_recall",
     "psnr",
     "reconstruction_fd",
+    "reconstruction_report",
     "save_reference",
+    "si_sdr",
     "ssim",
+    "stft_distance",
     "to_uint8",
     "train_digits_classifier",
+    "train_notes_classifier",
     "train_video_classifier",
 ]
