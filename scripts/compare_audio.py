@@ -12,9 +12,11 @@ codebook usage; residual codecs also at every number of levels.
 Generators: every recipe of --recipes uses the same trunk (4 layers, width 128), data, optimiser and
 wall-clock budget (--budget-minutes). Each then samples --per-class clips of each of the 12 pitch classes
 (guidance --cfg-scale, constant; temperature 1; seed = batch index) and continues --num-clips held-out
-notes from their first --given-frames latent frames, conditioned on their own pitch class; the embedded
+notes from their first --given-frames latent frames, conditioned on their own pitch class. The embedded
 pitch classifier (`mmar.eval.audio.NotesMetrics`) scores both: class accuracy and the classifier-feature
-Fréchet distance against held-out notes (not FAD). Trunk passes per clip are counted during sampling;
+Fréchet distance against held-out notes (not FAD); continuations are scored on what was generated, the
+given samples silenced (notes start at random onsets, so leading silence is ordinary input). Trunk passes
+per clip are counted during sampling;
 seconds per clip is the wall time of class-conditional sampling divided by the clips (CPU). One example
 per unit, its first sample of each pitch class C to B in a row, goes to docs/audio_<recipe>.wav (and .png,
 its spectrogram).
@@ -46,12 +48,11 @@ RECIPES = [
     f"configs/audio/notes_{name}.yaml" for name in ("next_token_delay", "next_block_frames", "masked_ar")
 ]
 NUM_CLASSES = len(PITCH_CLASSES)
-SAMPLE_RATE, DURATION = 16000, 0.5  # the recipes' clips
 
 
-def held_out_notes(n: int) -> dict[str, torch.Tensor]:
+def held_out_notes(n: int, sample_rate: int, duration: float) -> dict[str, torch.Tensor]:
     """The first n notes of the embedded val split, with their pitch classes."""
-    data = EmbeddedNotesDataModule(sample_rate=SAMPLE_RATE, duration=DURATION, num_clips_val=n)
+    data = EmbeddedNotesDataModule(sample_rate=sample_rate, duration=duration, num_clips_val=n)
     data.setup()
     items = [data.val_dataset[i] for i in range(n)]
     return {key: torch.stack([item[key] for item in items]) for key in ("audio", "label")}
@@ -95,8 +96,10 @@ def train_tokenizer(recipe: str, minutes: float) -> float:
     whole, seconds = divmod(int(minutes * 60), 60)
     start = time.perf_counter()
     subprocess.run(
-        ["mmar", "fit", "--config", recipe, "--trainer.enable_progress_bar=false"]
-        + [f"--trainer.max_time=00:00:{whole:02d}:{seconds:02d}"],
+        [
+            *("mmar", "fit", "--config", recipe, "--trainer.enable_progress_bar=false"),
+            f"--trainer.max_time=00:00:{whole:02d}:{seconds:02d}",
+        ],
         check=True,
     )
     return time.perf_counter() - start
@@ -116,7 +119,11 @@ def tokenizer_table(rows: list[dict]) -> str:
             f"{r['mel_distance']:.3f} | {r['si_sdr']:.2f} | {r['stft_distance']:.3f} | "
             + (" / ".join(f"{u:.2f}" for u in usage) if usage else "continuous")
             + " | "
-            + (", ".join(f"{lv['mel_distance']:.3f} / {lv['si_sdr']:.1f}" for lv in levels) if levels else "-")
+            + (
+                ", ".join(f"{lv['mel_distance']:.3f} / {lv['si_sdr']:.1f}" for lv in levels)
+                if levels
+                else "-"
+            )
             + " |"
         )
     return "\n".join(lines)
@@ -131,20 +138,24 @@ def score_generator(ckpt: Path, recipe: str, args, metrics: NotesMetrics, notes:
     clips, start, batches = [], time.perf_counter(), labels.split(96)
     with PassCounter(model.trunk) as counter:
         for i, batch in enumerate(batches):
-            clips.append(model.generate(batch, Sampler(cfg_scale=args.cfg_scale, seed=i)).float().clamp(-1, 1))
+            clips.append(
+                model.generate(batch, Sampler(cfg_scale=args.cfg_scale, seed=i)).float().clamp(-1, 1)
+            )
     seconds, passes = time.perf_counter() - start, counter.count / len(batches)
     clips = torch.cat(clips)
     example = torch.cat(list(clips[:: args.per_class]), dim=-1)  # the first clip of each class, C to B
     stem = Path(recipe).stem.removeprefix("notes_")
-    write_wav(Path(args.docs).parent / f"audio_{stem}.wav", example, SAMPLE_RATE)
-    save_spectrogram(Path(args.docs).parent / f"audio_{stem}.png", example, SAMPLE_RATE)
+    write_wav(Path(args.docs).parent / f"audio_{stem}.wav", example, args.sample_rate)
+    save_spectrogram(Path(args.docs).parent / f"audio_{stem}.png", example, args.sample_rate)
 
     continued = []
     for i, (given, batch) in enumerate(zip(notes["audio"].split(96), notes["label"].split(96))):
         sampler = Sampler(cfg_scale=args.cfg_scale, seed=i)
         continued.append(model.continue_clips(given, batch, args.given_frames, sampler))
+    continued = torch.cat(continued)
+    continued[..., : args.given_frames * model.tokenizer.downsample] = 0  # score the generated part only
     scored = metrics.compute(clips, labels)
-    scored_continued = metrics.compute(torch.cat(continued), notes["label"])
+    scored_continued = metrics.compute(continued, notes["label"])
     trained = [model.trunk, model.unit, model.conditioning]
     return {
         "unit": model.unit.name,
@@ -168,7 +179,8 @@ def score_generator(ckpt: Path, recipe: str, args, metrics: NotesMetrics, notes:
 def reference_rows(metrics: NotesMetrics, notes: dict, tokenizers: list[str]) -> list[dict]:
     """The classifier on real held-out notes and on their reconstructions by each tokenizer: the ceilings
     of the columns for any model and for a model over that tokenizer."""
-    rows = [{"recipe": "real held-out notes", "unit": "real notes", **plain(metrics.compute(**as_args(notes)))}]
+    real = plain(metrics.compute(notes["audio"], notes["label"]))
+    rows = [{"recipe": "real held-out notes", "unit": "real notes", **real}]
     for path in tokenizers:
         with torch.no_grad():
             tokenizer = load_tokenizer(path)
@@ -176,10 +188,6 @@ def reference_rows(metrics: NotesMetrics, notes: dict, tokenizers: list[str]) ->
         scored = plain(metrics.compute(recon, notes["label"]))
         rows.append({"recipe": f"{tokenizer.name} reconstructions", "unit": "reconstructions", **scored})
     return rows
-
-
-def as_args(notes: dict) -> dict:
-    return {"audio": notes["audio"], "labels": notes["label"]}
 
 
 def plain(scored: dict) -> dict:
@@ -191,7 +199,16 @@ def plain(scored: dict) -> dict:
 
 
 def generator_table(rows: list[dict]) -> str:
-    header = ["unit", "tokens", "steps", "train (s)", "passes / clip", "s / clip", "class acc.", "classifier FD"]
+    header = [
+        "unit",
+        "tokens",
+        "steps",
+        "train (s)",
+        "passes / clip",
+        "s / clip",
+        "class acc.",
+        "classifier FD",
+    ]
     header += ["FD of real notes (same n)", "continued: class acc.", "example"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     fmt = lambda row, key, spec: "n/a" if row.get(key) is None else format(row[key], spec)
@@ -204,7 +221,8 @@ def generator_table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['unit']} | {tokens} | {r.get('steps', 'n/a')} | {fmt(r, 'trainer_seconds', '.0f')} | "
             f"{fmt(r, 'trunk_passes_per_clip', '.0f')} | {fmt(r, 'seconds_per_clip', '.3f')} | "
-            f"{r['class_accuracy']:.3f} | {r['classifier_fd']:.2f} | {fmt(r, 'classifier_fd_real_same_n', '.2f')} | "
+            f"{r['class_accuracy']:.3f} | {r['classifier_fd']:.2f} | "
+            f"{fmt(r, 'classifier_fd_real_same_n', '.2f')} | "
             f"{fmt(r, 'continued_class_accuracy', '.3f')} | {example} |"
         )
     return "\n".join(lines)
@@ -222,12 +240,14 @@ def main(argv=None) -> None:
     p.add_argument("--num-clips", type=int, default=240, help="held-out notes (reconstruction, continuation)")
     p.add_argument("--given-frames", type=int, default=5, help="latent frames given when continuing")
     p.add_argument("--cfg-scale", type=float, default=3.0)
+    p.add_argument("--sample-rate", type=int, default=16000, help="the recipes' sample rate")
+    p.add_argument("--duration", type=float, default=0.5, help="the recipes' clip length in seconds")
     p.add_argument("--docs", default="docs/audio.md")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     np.random.seed(0)
     docs = Path(args.docs)
-    notes = held_out_notes(args.num_clips)
+    notes = held_out_notes(args.num_clips, args.sample_rate, args.duration)
     if args.part in ("all", "tokenizers"):
         rows = []
         for recipe in args.tokenizer_recipes:
@@ -238,11 +258,12 @@ def main(argv=None) -> None:
         write_marked(docs, "audio_tokenizers", tokenizer_table(rows), "Audio")
         print(tokenizer_table(rows))
     if args.part in ("all", "generators"):
-        metrics = NotesMetrics(sample_rate=SAMPLE_RATE, duration=DURATION)
+        metrics = NotesMetrics(sample_rate=args.sample_rate, duration=args.duration)
         scorer = lambda config, ckpt: score_generator(ckpt, config, args, metrics, notes)
         rows = train_and_score(args.recipes, scorer, args.budget_minutes, None, args.skip_training)
         exports = [
-            yaml.safe_load(Path(r).read_text())["model"]["init_args"]["export_dir"] for r in TOKENIZER_RECIPES
+            yaml.safe_load(Path(r).read_text())["model"]["init_args"]["export_dir"]
+            for r in args.tokenizer_recipes
         ]
         rows += reference_rows(metrics, notes, [e for e in exports if Path(e).is_dir()])
         order = [*RECIPES, "real held-out notes"]

@@ -280,6 +280,13 @@ class GeneratorModule(LightningModule):
         return self.generate(self.conditioning.values_of(batch))
 
     def on_fit_start(self) -> None:
+        rate = getattr(self.trainer.datamodule, "hparams", {}).get("sample_rate")  # audio datamodules'
+        if self.tokenizer.modality == "audio" and rate is not None and rate != self.tokenizer.sample_rate:
+            raise ConfigError(
+                f"the data is at {rate} Hz but the generator's {self.tokenizer.name} tokenizer codes "
+                f"{self.tokenizer.sample_rate} Hz audio; set data.init_args.sample_rate to "
+                f"{self.tokenizer.sample_rate}"
+            )
         meta = getattr(self.trainer.datamodule, "meta", None) or {}
         if meta.get("vocab_size", self.tokenizer.vocab_size) != self.tokenizer.vocab_size:
             raise ConfigError(

@@ -197,3 +197,13 @@ def test_masked_ar_with_a_flow_head_generates_continuous_audio_latents(debug_aud
     clips = notes(2)["audio"]
     out = model.continue_clips(clips, torch.tensor([0, 1]), 5, Sampler(seed=0))
     assert out.shape == clips.shape and torch.equal(out[:, :, :400], clips[:, :, :400])
+
+
+def test_audio_at_another_sample_rate_is_refused_before_training(debug_audio_codec, tmp_path):
+    from lightning.pytorch import Trainer
+
+    model = generator(debug_audio_codec, "flatten")
+    data = EmbeddedNotesDataModule(sample_rate=16000, duration=0.125, batch_size=2, num_clips_train=2)
+    trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False)
+    with pytest.raises(ConfigError, match="set data.init_args.sample_rate to 8000"):
+        trainer.fit(model, data)
