@@ -9,6 +9,10 @@ A tokenizer maps an input to a grid of tokens and back:
 - `kind`: "discrete" (with `vocab_size`) or "continuous" (with `latent_dim`); `modality`: what `encode`
   reads ("image", "video", "audio")
 
+Training hooks that `mmar.lit.TokenizerModule` calls, all optional: `set_progress`, `fit_statistics` (before
+export), `reconstruction_losses(recon, x)` (a tokenizer's own named losses) and `make_discriminator`
+(its own adversary, with the `(logits, features)` contract; None: the image PatchGAN).
+
 Weights are exported as safetensors next to a JSON config holding the constructor arguments, so a
 tokenizer is rebuilt from a folder with `load_tokenizer(path)` without pickles.
 
@@ -103,6 +107,35 @@ class Tokenizer(nn.Module):
     def set_progress(self, progress: float) -> None:
         """Hook called by `TokenizerModule` before each training step with the fraction of training done
         (0 to 1), for tokenizers with schedules (e.g. RobusTok's annealed perturbation); a no-op here."""
+
+    def make_discriminator(self, **kwargs: Any) -> nn.Module | None:
+        """The adversary that `TokenizerModule` trains this tokenizer against when its `gan_weight` > 0,
+        built from the module's `disc_kwargs`; None (the default) means "use the module's image PatchGAN",
+        which tokenizers of images and videos (seen as frames) share.
+
+        The contract of a returned discriminator `d`, called on a batch in the layout `encode` reads (the
+        real inputs, or the reconstructions):
+
+            logits, features = d(x)
+
+        - `logits`: a list of real/fake logit maps, one per sub-discriminator (e.g. per STFT scale), each
+          of any shape; higher means "real";
+        - `features`: per sub-discriminator, a list of its intermediate feature maps (any shapes, paired
+          one to one between real and reconstructed inputs), or empty lists when it has none.
+
+        `TokenizerModule` computes every adversarial term from these, in one place, with EnCodec's losses
+        (`mmar.lit.losses`): the generator's `multiscale_hinge_g_loss(logits)` (mean over
+        sub-discriminators of E[relu(1 - D_k(x̂))]), the relative `feature_matching_loss` between the real
+        and reconstructed features when there are any, and the discriminator's
+        `multiscale_hinge_d_loss` (mean over sub-discriminators of E[relu(1 - D_k(x))] + E[relu(1 + D_k(x̂))]).
+        Unknown `kwargs` should raise ConfigError naming the valid ones.
+        """
+        if kwargs:
+            raise ConfigError(
+                f"disc_kwargs {sorted(kwargs)} configure a tokenizer's own discriminator, and the "
+                f"{self.name} tokenizer has none (the image PatchGAN takes disc_channels / disc_layers)"
+            )
+        return None
 
     def check_input(self, x: torch.Tensor) -> None:
         """Validate an image batch [B, C, H, W] against this tokenizer (clear error otherwise)."""

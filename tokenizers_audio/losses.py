@@ -7,8 +7,10 @@
 - `MultiResolutionSTFTLoss`: spectral convergence + log-magnitude L1 at several STFT resolutions (Parallel
   WaveGAN, Yamamoto et al., 2020; auraloss);
 - `MultiScaleSTFTDiscriminator`: EnCodec's MS-STFT discriminator, a small 2D conv net per STFT scale over
-  the real and imaginary parts, returning logits and feature maps; `feature_matching_loss` and the hinge
-  losses `discriminator_hinge_loss` / `generator_hinge_loss` over its scales.
+  the real and imaginary parts, returning logits and feature maps (the `(logits, features)` contract of
+  `Tokenizer.make_discriminator`); `feature_matching_loss` and the hinge losses `discriminator_hinge_loss`
+  / `generator_hinge_loss` over its scales are those of `mmar.lit.losses` (`multiscale_hinge_d_loss` /
+  `multiscale_hinge_g_loss`), re-exported.
 
 Audio is [B, C, samples] in [-1, 1]; every spectrogram is `torch.stft` with a Hann window, centred frames
 (reflect padding, or zero padding when the signal is shorter than half a window) and computed in fp32.
@@ -24,6 +26,9 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from mmar.errors import ConfigError
+from mmar.lit.losses import feature_matching_loss
+from mmar.lit.losses import multiscale_hinge_d_loss as discriminator_hinge_loss
+from mmar.lit.losses import multiscale_hinge_g_loss as generator_hinge_loss
 from mmar.spectral import (
     MEL_SCALES,
     MelSpectrogram,
@@ -35,7 +40,9 @@ from mmar.spectral import (
 )
 from mmar.spectral import as_mono_batch as _as_mono_batch
 
-__all__ = [  # the spectral front end lives in mmar.spectral; re-exported here for existing imports
+# The spectral front end lives in mmar.spectral and the adversarial losses in mmar.lit.losses (where
+# TokenizerModule calls them for any tokenizer's discriminator); both are re-exported here.
+__all__ = [
     "MEL_SCALES",
     "MelSpectrogram",
     "MultiResolutionSTFTLoss",
@@ -249,38 +256,3 @@ class MultiScaleSTFTDiscriminator(nn.Module):
             logits.append(logit)
             feats.append(fmap)
         return logits, feats
-
-
-def _flatten(feats: Sequence) -> list[torch.Tensor]:
-    out: list[torch.Tensor] = []
-    for f in feats:
-        out.extend(_flatten(f) if isinstance(f, list | tuple) else [f])
-    return out
-
-
-def feature_matching_loss(real_feats: Sequence, fake_feats: Sequence, eps: float = 1e-8) -> torch.Tensor:
-    """EnCodec's relative feature matching: mean over every feature map (all scales and layers) of
-    mean|D(x) - D(x̂)| / mean|D(x)|; the real features are detached (no gradient into the target side).
-
-    Args:
-        real_feats: feature maps of the real audio, per scale (lists) or flat.
-        fake_feats: those of the reconstruction, in the same nesting.
-    """
-    real, fake = _flatten(real_feats), _flatten(fake_feats)
-    if len(real) != len(fake) or not real:
-        raise ConfigError(f"feature maps do not pair up: {len(real)} real vs {len(fake)} fake")
-    terms = [
-        F.l1_loss(f, r.detach()) / (r.detach().abs().mean() + eps) for r, f in zip(real, fake, strict=True)
-    ]
-    return torch.stack(terms).mean()
-
-
-def discriminator_hinge_loss(real_logits: Sequence[torch.Tensor], fake_logits: Sequence[torch.Tensor]):
-    """EnCodec's discriminator loss, averaged over scales: E[relu(1 - D(x))] + E[relu(1 + D(x̂))]."""
-    terms = [F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in zip(real_logits, fake_logits)]
-    return torch.stack(terms).mean()
-
-
-def generator_hinge_loss(fake_logits: Sequence[torch.Tensor]) -> torch.Tensor:
-    """EnCodec's adversarial loss of the generator, averaged over scales: E[relu(1 - D(x̂))]."""
-    return torch.stack([F.relu(1 - f).mean() for f in fake_logits]).mean()

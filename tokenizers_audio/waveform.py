@@ -5,11 +5,14 @@ Audio is [B, C, samples] in [-1, 1]; a tokenizer with hop h (the product of its 
 to `samples / h` frames, so clips must be a positive multiple of the hop. `reconstruction_losses(recon,
 x)` names the weighted losses of a waveform codec (time-domain L1, DAC's multi-scale mel loss, the
 multi-resolution STFT loss): the hook through which a training module stays modality-agnostic, summing
-whatever losses the tokenizer names instead of hard-coding pixel losses.
+whatever losses the tokenizer names instead of hard-coding pixel losses. `make_discriminator(**kwargs)`
+is the adversarial counterpart: EnCodec's MS-STFT discriminator, whose (logits, feature maps) per scale
+`TokenizerModule` turns into the hinge and feature-matching losses when its `gan_weight` > 0.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -17,7 +20,7 @@ import torch.nn.functional as F
 
 from mmar.errors import ConfigError
 from mmar.tokenizer import Tokenizer
-from tokenizers_audio.losses import MultiResolutionSTFTLoss, MultiScaleMelLoss
+from tokenizers_audio.losses import MultiResolutionSTFTLoss, MultiScaleMelLoss, MultiScaleSTFTDiscriminator
 
 
 def check(ok: bool, message: str) -> None:
@@ -120,3 +123,21 @@ class WaveformTokenizer(Tokenizer):
         if self.stft_loss is not None:
             losses["stft"] = self.loss_weights["stft"] * self.stft_loss(recon, x)
         return losses
+
+    def make_discriminator(self, **kwargs) -> MultiScaleSTFTDiscriminator:
+        """EnCodec's MS-STFT discriminator over this codec's audio channels, returning (logits per scale,
+        feature maps per scale) as `Tokenizer.make_discriminator` asks.
+
+        `kwargs` (TokenizerModule's `disc_kwargs`) go to `MultiScaleSTFTDiscriminator`: `filters`
+        (EnCodec: 32), `n_ffts` (window = FFT size per scale; EnCodec at 24 kHz: 1024, 2048, 512, 256,
+        128), `hop_lengths` (default n_fft / 4), `max_filters`, `filters_scale`, `dilations`.
+        """
+        params = inspect.signature(MultiScaleSTFTDiscriminator).parameters
+        valid = sorted(p for p in params if p != "in_channels")
+        unknown = sorted(set(kwargs) - set(valid))
+        check(
+            not unknown,
+            f"unknown disc_kwargs {unknown} for the {self.name} codec's MS-STFT discriminator; "
+            f"valid: {valid}",
+        )
+        return MultiScaleSTFTDiscriminator(in_channels=self.in_channels, **kwargs)

@@ -1,13 +1,20 @@
-"""Training losses for image tokenizers, as in VQGAN (Esser et al., 2021) and LlamaGen (Sun et al., 2024).
+"""Training losses of tokenizers: the image ones of VQGAN (Esser et al., 2021) and LlamaGen (Sun et al.,
+2024), and the multi-scale adversarial ones of EnCodec (Défossez et al., 2022) for the discriminators that
+tokenizers bring themselves (`Tokenizer.make_discriminator`, e.g. the audio codecs' MS-STFT one).
 
 - `PatchDiscriminator`: pix2pix's N-layer PatchGAN (Isola et al., 2017), one real/fake logit per patch;
 - `hinge_d_loss` / `hinge_g_loss`: the hinge GAN objective used by VQGAN;
-- `PerceptualLoss`: LPIPS (Zhang et al., 2018) with a VGG16 trunk, from the optional PyPI package `lpips`.
+- `PerceptualLoss`: LPIPS (Zhang et al., 2018) with a VGG16 trunk, from the optional PyPI package `lpips`;
+- `multiscale_hinge_d_loss` / `multiscale_hinge_g_loss`: EnCodec's hinge losses averaged over the
+  sub-discriminators (scales) of a discriminator that returns a list of logit maps;
+- `feature_matching_loss`: EnCodec's relative feature matching over the feature maps of such a
+  discriminator.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -108,3 +115,52 @@ class PerceptualLoss(nn.Module):
         if x.shape[1] == 1:
             x, y = x.expand(-1, 3, -1, -1), y.expand(-1, 3, -1, -1)  # [B, 3, H, W]
         return self.lpips(x, y).mean()
+
+
+def multiscale_hinge_d_loss(
+    real_logits: Sequence[torch.Tensor], fake_logits: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """EnCodec's discriminator loss, averaged over sub-discriminators k:
+    mean_k (E[relu(1 - D_k(x))] + E[relu(1 + D_k(x̂))]), logit maps of any shape."""
+    if len(real_logits) != len(fake_logits) or not real_logits:
+        raise ConfigError(f"logits do not pair up: {len(real_logits)} real vs {len(fake_logits)} fake")
+    terms = [F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in zip(real_logits, fake_logits)]
+    return torch.stack(terms).mean()
+
+
+def multiscale_hinge_g_loss(fake_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """EnCodec's adversarial loss of the generator, averaged over sub-discriminators k:
+    mean_k E[relu(1 - D_k(x̂))]."""
+    if not fake_logits:
+        raise ConfigError("the discriminator returned no logits")
+    return torch.stack([F.relu(1 - f).mean() for f in fake_logits]).mean()
+
+
+def _flatten(feats: Sequence) -> list[torch.Tensor]:
+    out: list[torch.Tensor] = []
+    for f in feats:
+        out.extend(_flatten(f) if isinstance(f, list | tuple) else [f])
+    return out
+
+
+def feature_matching_loss(real_feats: Sequence, fake_feats: Sequence, eps: float = 1e-8) -> torch.Tensor:
+    """EnCodec's relative feature matching: mean over every feature map (all scales and layers) of
+    mean|D(x) - D(x̂)| / mean|D(x)|; the real features are detached (no gradient into the target side).
+
+    Args:
+        real_feats: feature maps of the real input, per sub-discriminator (lists) or flat.
+        fake_feats: those of the reconstruction, in the same nesting.
+        eps: added to the normaliser.
+    """
+    real, fake = _flatten(real_feats), _flatten(fake_feats)
+    if len(real) != len(fake) or not real:
+        raise ConfigError(f"feature maps do not pair up: {len(real)} real vs {len(fake)} fake")
+    terms = [
+        F.l1_loss(f, r.detach()) / (r.detach().abs().mean() + eps) for r, f in zip(real, fake, strict=True)
+    ]
+    return torch.stack(terms).mean()
+
+
+def has_features(feats: Sequence) -> bool:
+    """Whether a discriminator's (nested) feature list holds any feature map."""
+    return bool(_flatten(feats))

@@ -1,11 +1,30 @@
-"""TokenizerModule: trains a visual tokenizer (VQGAN recipe: Esser et al., 2021; LlamaGen: Sun et al., 2024).
+"""TokenizerModule: trains a tokenizer of images, videos or audio (VQGAN recipe: Esser et al., 2021;
+LlamaGen: Sun et al., 2024; for audio codecs EnCodec's: Défossez et al., 2022).
 
 Loss on the autoencoder ("generator"): reconstruction (L1 or MSE) + the quantiser's commitment loss
 + `perceptual_weight` * LPIPS + `gan_weight` * hinge adversarial loss (from `gan_start_step` on). The
-PatchGAN discriminator has its own optimiser and is trained with the hinge loss from `gan_start_step`
-on; before that it is never called. Optimisation is manual (two optimisers with the GAN, one without),
-with gradient-norm clipping and a linear learning-rate warm-up (then constant). `global_step`,
+discriminator has its own optimiser and is trained with the hinge loss from `gan_start_step` on; before
+that it is never called. Optimisation is manual (two optimisers with the GAN, one without), with
+gradient-norm clipping and a linear learning-rate warm-up (then constant). `global_step`,
 `trainer.max_steps` and `gan_start_step` count batches, not optimiser steps.
+
+Which discriminator: the tokenizer's own when `tokenizer.make_discriminator(**disc_kwargs)` returns one
+(the audio codecs: EnCodec's multi-scale STFT discriminator), else the image PatchGAN (`disc_channels`,
+`disc_layers`) with VQGAN's hinge losses (generator -E[D(x̂)], discriminator
+0.5 * (E[relu(1 - D(x))] + E[relu(1 + D(x̂))])). A tokenizer's own discriminator returns
+`(logits per sub-discriminator, feature maps per sub-discriminator)` (the contract of
+`mmar.tokenizer.Tokenizer.make_discriminator`) and is trained with EnCodec's losses, averaged over its
+sub-discriminators k:
+
+- `g_adv` = `gan_weight` * mean_k E[relu(1 - D_k(x̂))];
+- `g_fm` = `feature_matching_weight` * the relative feature matching mean_l |D^l(x) - D^l(x̂)| /
+  mean |D^l(x)| over every feature map l, only when the discriminator returns features;
+- `d_loss` = mean_k (E[relu(1 - D_k(x))] + E[relu(1 + D_k(x̂))]).
+
+EnCodec weights the adversarial and feature-matching terms equally (AudioCraft's EnCodec recipe: adv 4,
+feat 4 under its gradient balancer), so `feature_matching_weight` defaults to `gan_weight`. Without the
+balancer the weights are raw multipliers: set `gan_weight` against the scale of the codec's own mel / STFT
+terms (DAC, also without a balancer: mel 15, adversarial 1, feature matching 2).
 
 Multi-GPU: with the GAN on, the discriminator is unused before `gan_start_step`, so run DDP with
 `strategy: ddp_find_unused_parameters_true`. Codebook usage is measured on each rank's own batches.
@@ -14,8 +33,9 @@ Video inputs [B, C, T, H, W]: LPIPS and the PatchGAN see the frames as a batch o
 i.e. a per-frame 2D discriminator rather than MAGVIT-v2's 3D one.
 
 A tokenizer that names its own reconstruction losses (`reconstruction_losses(recon, x) -> dict`, e.g.
-the audio codec's multi-scale mel and STFT terms) is trained on those instead of the pixel loss; LPIPS
-and the PatchGAN are image losses, refused for audio.
+the audio codec's multi-scale mel and STFT terms) is trained on those instead of the pixel loss. LPIPS
+and the PatchGAN are image losses: refused for audio (an audio tokenizer trains adversarially only
+against its own discriminator).
 """
 
 from __future__ import annotations
@@ -30,17 +50,28 @@ from torch.utils.data import DataLoader
 
 from mmar.errors import ConfigError
 from mmar.eval.tokenizer_metrics import CodebookUsage, psnr
-from mmar.lit.losses import PatchDiscriminator, PerceptualLoss, hinge_d_loss, hinge_g_loss
+from mmar.lit.losses import (
+    PatchDiscriminator,
+    PerceptualLoss,
+    feature_matching_loss,
+    has_features,
+    hinge_d_loss,
+    hinge_g_loss,
+    multiscale_hinge_d_loss,
+    multiscale_hinge_g_loss,
+)
 from mmar.lit.optim import adamw, scheduled
 from mmar.tokenizer import build_tokenizer, load_tokenizer
 
 RECON_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
 TRAINABLE = ("all", "decoder")
+FRAME_MODALITIES = ("image", "video")
+"""What the image PatchGAN and LPIPS can see (videos as a batch of frames)."""
 
 
 class TokenizerModule(LightningModule):
     """Trains a registered tokenizer (`mmar.tokenizer`) on batches {"image": [B, C, H, W] in [-1, 1]}
-    (or {"video": [B, C, T, H, W]}).
+    (or {"video": [B, C, T, H, W]}, or {"audio": [B, C, samples]}).
 
     Args:
         tokenizer: constructor kwargs of the tokenizer, plus "name" (a registered name, default "vq");
@@ -55,12 +86,22 @@ class TokenizerModule(LightningModule):
         warmup_steps: linear learning-rate warm-up from 0, in training steps (batches).
         grad_clip: max gradient norm per optimiser (0 disables clipping).
         recon_loss: pixel reconstruction loss, "l1" or "mse".
-        perceptual_weight: weight of the LPIPS loss (0 disables it; needs `pip install "mmar[perceptual]"`).
+        perceptual_weight: weight of the LPIPS loss (0 disables it; needs `pip install "mmar[perceptual]"`);
+            images and videos only.
         perceptual_pretrained: load ImageNet VGG16 weights for LPIPS (False: random trunk, tests only).
-        gan_weight: weight of the adversarial loss (0 disables the discriminator entirely).
+        gan_weight: weight of the generator's adversarial loss `g_adv` (0 disables the discriminator
+            entirely). The discriminator is the tokenizer's own (`make_discriminator`; audio: EnCodec's
+            MS-STFT) or else the image PatchGAN.
         gan_start_step: training step from which the discriminator is trained and used.
-        disc_channels: channels of the discriminator's first layer.
+        disc_channels: channels of the PatchGAN's first layer.
         disc_layers: stride-2 layers of the PatchGAN discriminator.
+        feature_matching_weight: weight of the relative feature-matching loss `g_fm`, used only when the
+            discriminator returns feature maps (a tokenizer's own, e.g. the audio MS-STFT one; never the
+            PatchGAN) and only from `gan_start_step` on; None (default): equal to `gan_weight`, EnCodec's
+            balance; 0 disables it.
+        disc_kwargs: constructor kwargs of the tokenizer's own discriminator (audio codecs: `filters`,
+            `n_ffts`, `hop_lengths`, `max_filters`, `filters_scale`, `dilations` of
+            `tokenizers_audio.MultiScaleSTFTDiscriminator`); refused for the PatchGAN.
         export_dir: if set, the trained tokenizer is written there (safetensors + JSON) when training ends.
         usage_buffer: number of recent code ids over which codebook usage is measured.
     """
@@ -81,6 +122,8 @@ class TokenizerModule(LightningModule):
         gan_start_step: int = 0,
         disc_channels: int = 64,
         disc_layers: int = 3,
+        feature_matching_weight: float | None = None,
+        disc_kwargs: dict[str, Any] | None = None,
         export_dir: str | None = None,
         usage_buffer: int = 65536,
     ):
@@ -101,21 +144,42 @@ class TokenizerModule(LightningModule):
                 )
             self.tokenizer.requires_grad_(False).decoder.requires_grad_(True)
         self.recon_loss = RECON_LOSSES[recon_loss]
-        if self.tokenizer.modality == "audio" and (gan_weight > 0 or perceptual_weight > 0):
+        if feature_matching_weight is not None and feature_matching_weight < 0:
+            raise ConfigError(f"feature_matching_weight must be >= 0 or null, got {feature_matching_weight}")
+        self.fm_weight = gan_weight if feature_matching_weight is None else feature_matching_weight
+        modality = self.tokenizer.modality
+        if perceptual_weight > 0 and modality not in FRAME_MODALITIES:
             raise ConfigError(
-                "perceptual_weight and gan_weight are image losses (LPIPS, PatchGAN); set both to 0 for the "
-                f"{self.tokenizer.name} audio tokenizer, which trains on its own reconstruction_losses"
+                f"perceptual_weight is an image loss (LPIPS); set it to 0 for the {self.tokenizer.name} "
+                f"{modality} tokenizer, which trains on its own reconstruction_losses"
             )
-        self.discriminator = (
-            PatchDiscriminator(self.tokenizer.in_channels, disc_channels, disc_layers)
-            if gan_weight > 0
-            else None
+        self.discriminator, self.own_discriminator = self._make_discriminator(
+            gan_weight, disc_channels, disc_layers, disc_kwargs or {}
         )
         # Kept out of the module tree on purpose: the frozen VGG stays out of checkpoints and DDP.
         self._perceptual = [PerceptualLoss(perceptual_pretrained)] if perceptual_weight > 0 else []
         discrete = self.tokenizer.kind == "discrete"
         self.train_usage = CodebookUsage(self.tokenizer.vocab_size, usage_buffer) if discrete else None
         self.val_usage = CodebookUsage(self.tokenizer.vocab_size, usage_buffer) if discrete else None
+
+    def _make_discriminator(
+        self, gan_weight: float, disc_channels: int, disc_layers: int, disc_kwargs: dict[str, Any]
+    ) -> tuple[torch.nn.Module | None, bool]:
+        """(discriminator, whether it is the tokenizer's own): None without the GAN, the tokenizer's own
+        when `make_discriminator` gives one, else the image PatchGAN (refused for audio)."""
+        if gan_weight <= 0:
+            return None, False
+        own = self.tokenizer.make_discriminator(**disc_kwargs)
+        if own is not None:
+            return own, True
+        modality = self.tokenizer.modality
+        if modality not in FRAME_MODALITIES:
+            raise ConfigError(
+                f"gan_weight > 0 needs a discriminator: the {self.tokenizer.name} {modality} tokenizer has "
+                "none of its own (make_discriminator returns None) and the PatchGAN is an image loss; "
+                "set gan_weight: 0"
+            )
+        return PatchDiscriminator(self.tokenizer.in_channels, disc_channels, disc_layers), False
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -140,18 +204,48 @@ class TokenizerModule(LightningModule):
             losses["perceptual"] = self.hparams.perceptual_weight * self._perceptual_loss(recon, x)
         with self.toggled_optimizer(optimizers[0]):  # no gradients into the discriminator here
             if use_gan:
-                losses["g_adv"] = self.hparams.gan_weight * hinge_g_loss(self.discriminator(as_frames(recon)))
+                losses.update(self._generator_adversarial_losses(recon, x))
             loss = sum(losses.values())
             self._step(optimizers[0], schedulers[0], loss, counts=True)
 
         if use_gan:
-            logits_real = self.discriminator(as_frames(x))  # [B(*T), 1, H', W']
-            logits_fake = self.discriminator(as_frames(recon.detach()))  # [B(*T), 1, H', W']
-            losses["d_loss"] = hinge_d_loss(logits_real, logits_fake)
+            losses["d_loss"] = self._discriminator_loss(x, recon.detach())
             self._step(optimizers[1], schedulers[1], losses["d_loss"], counts=False)
 
         self._log_train(losses, loss, ids, x.shape[0], batch_idx)
         return loss
+
+    def _generator_adversarial_losses(self, recon: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The autoencoder's weighted adversarial terms: {"g_adv"} for the PatchGAN (VQGAN's hinge), plus
+        "g_fm" for a tokenizer's own discriminator when it returns features (EnCodec's losses)."""
+        gan_weight = self.hparams.gan_weight
+        if not self.own_discriminator:
+            return {"g_adv": gan_weight * hinge_g_loss(self.discriminator(as_frames(recon)))}
+        fake_logits, fake_feats = self._judge(recon)
+        losses = {"g_adv": gan_weight * multiscale_hinge_g_loss(fake_logits)}
+        if self.fm_weight > 0 and has_features(fake_feats):
+            with torch.no_grad():  # the targets: real features carry no gradient
+                _, real_feats = self._judge(x)
+            losses["g_fm"] = self.fm_weight * feature_matching_loss(real_feats, fake_feats)
+        return losses
+
+    def _discriminator_loss(self, x: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """The discriminator's hinge loss on real `x` and detached reconstructions `fake`."""
+        if not self.own_discriminator:
+            logits_real = self.discriminator(as_frames(x))  # [B(*T), 1, H', W']
+            logits_fake = self.discriminator(as_frames(fake))  # [B(*T), 1, H', W']
+            return hinge_d_loss(logits_real, logits_fake)
+        return multiscale_hinge_d_loss(self._judge(x)[0], self._judge(fake)[0])
+
+    def _judge(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list]:
+        """(logits, features) of the tokenizer's own discriminator, checked against the contract."""
+        out = self.discriminator(x)
+        if not (isinstance(out, tuple | list) and len(out) == 2 and isinstance(out[0], list | tuple)):
+            raise TypeError(
+                f"the discriminator of the {self.tokenizer.name} tokenizer must return (logits list, "
+                f"features list) (see Tokenizer.make_discriminator), got {type(out).__name__}"
+            )
+        return list(out[0]), list(out[1])
 
     def _reconstruction_losses(self, recon: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The tokenizer's own named terms where it has them (audio: mel, STFT), else the pixel loss."""
