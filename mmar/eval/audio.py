@@ -400,7 +400,7 @@ def train_notes_classifier(
         raise ConfigError(f"num_clips={num_clips} must be >= batch_size={batch_size}")
     start = time.perf_counter()
     data = _data_module(sample_rate, duration, seed, num_clips, num_val_clips)
-    with single_thread(), torch.random.fork_rng():  # fork_rng: leave the caller's RNG state alone
+    with single_thread(), torch.random.fork_rng(), torch.enable_grad():  # caller's RNG kept
         torch.manual_seed(seed)
         model = NotesClassifier(sample_rate)
         train_audio, train_y = _notes(data.train_dataset, num_clips)

@@ -114,7 +114,7 @@ def train_digits_classifier(
     """
     train_x, train_y, val_x, val_y = digits_split(image_size, val_fraction, seed)
     start = time.perf_counter()
-    with single_thread(), torch.random.fork_rng():  # fork_rng: leave the caller's RNG state alone
+    with single_thread(), torch.random.fork_rng(), torch.enable_grad():  # caller's RNG kept
         torch.manual_seed(seed)
         model = DigitsClassifier()
         _fit(model, train_x, train_y, epochs, batch_size, lr, max_shift=max(1, image_size // 32))

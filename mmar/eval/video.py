@@ -230,7 +230,7 @@ def train_video_classifier(
     data = _data_module(
         image_size, num_frames, max_speed, val_fraction, seed, digit_size, num_clips, num_val_clips
     )
-    with single_thread(), torch.random.fork_rng():  # fork_rng: leave the caller's RNG state alone
+    with single_thread(), torch.random.fork_rng(), torch.enable_grad():  # caller's RNG kept
         torch.manual_seed(seed)
         model = MovingDigitsClassifier(num_frames)
         train = _materialise(data.train_dataset, num_clips, model=model)
