@@ -240,7 +240,7 @@ def main(argv=None) -> None:
     p.add_argument("--num-clips", type=int, default=240, help="held-out notes (reconstruction, continuation)")
     p.add_argument("--given-frames", type=int, default=5, help="latent frames given when continuing")
     p.add_argument("--cfg-scale", type=float, default=3.0)
-    p.add_argument("--sample-rate", type=int, default=16000, help="the recipes' sample rate")
+    p.add_argument("--sample-rate", type=int, default=8000, help="the recipes' sample rate")
     p.add_argument("--duration", type=float, default=0.5, help="the recipes' clip length in seconds")
     p.add_argument("--docs", default="docs/audio.md")
     args = p.parse_args(argv)

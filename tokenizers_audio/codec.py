@@ -182,7 +182,9 @@ class RVQCodec(WaveformTokenizer):
         kmeans_init: initialise each codebook by k-means on the first training batch's residuals.
         threshold_ema_dead_code: codes whose EMA usage per batch falls below this are re-seeded from the
             batch (EnCodec: 2; keep it well below frames per batch / K, 0 disables).
-        time_weight: weight of the waveform L1 in `reconstruction_losses` (EnCodec: 0.1).
+        time_weight: weight of the waveform loss in `reconstruction_losses` (EnCodec: 0.1 on L1).
+        time_loss: the waveform loss, "l1" (EnCodec) or "mse" (phase-exact targets converge much faster in
+            short CPU runs than the phase-blind spectral losses; see configs/audio/notes_codec.yaml).
         mel_weight: weight of the multi-scale log-mel L1 (DAC's, summed over 7 windows, 32..2048).
         stft_weight: weight of the multi-resolution STFT loss (Parallel WaveGAN's).
     """
@@ -207,6 +209,7 @@ class RVQCodec(WaveformTokenizer):
         kmeans_init: bool = True,
         threshold_ema_dead_code: float = 2.0,
         time_weight: float = 0.1,
+        time_loss: str = "l1",
         mel_weight: float = 1.0,
         stft_weight: float = 1.0,
     ):
@@ -233,6 +236,7 @@ class RVQCodec(WaveformTokenizer):
             "kmeans_init": kmeans_init,
             "threshold_ema_dead_code": threshold_ema_dead_code,
             "time_weight": time_weight,
+            "time_loss": time_loss,
             "mel_weight": mel_weight,
             "stft_weight": stft_weight,
         }

@@ -48,7 +48,9 @@ class AudioKLCodec(LatentNormalization, WaveformTokenizer):
         causal: pad every conv on the past side only (streamable, EnCodec's causal variant).
         kl_weight: weight of the KL term, summed over the latent elements of a clip and averaged over
             the batch (default tiny, as the image KL-VAE's LDM value 1e-6; recipes raise it, e.g. 1e-4).
-        time_weight: weight of the waveform L1 in `reconstruction_losses` (EnCodec: 0.1).
+        time_weight: weight of the waveform loss in `reconstruction_losses` (EnCodec: 0.1 on L1).
+        time_loss: the waveform loss, "l1" (EnCodec) or "mse" (phase-exact targets converge much faster in
+            short CPU runs than the phase-blind spectral losses; see configs/audio/notes_codec.yaml).
         mel_weight: weight of the multi-scale log-mel L1 (DAC's, summed over 7 windows, 32..2048).
         stft_weight: weight of the multi-resolution STFT loss (Parallel WaveGAN's).
         per_channel_scale: fit one shift/scale per latent channel instead of one scalar.
@@ -71,6 +73,7 @@ class AudioKLCodec(LatentNormalization, WaveformTokenizer):
         causal: bool = False,
         kl_weight: float = 1e-6,
         time_weight: float = 0.1,
+        time_loss: str = "l1",
         mel_weight: float = 1.0,
         stft_weight: float = 1.0,
         per_channel_scale: bool = False,
@@ -90,6 +93,7 @@ class AudioKLCodec(LatentNormalization, WaveformTokenizer):
             "causal": causal,
             "kl_weight": kl_weight,
             "time_weight": time_weight,
+            "time_loss": time_loss,
             "mel_weight": mel_weight,
             "stft_weight": stft_weight,
         }

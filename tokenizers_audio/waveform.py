@@ -23,6 +23,9 @@ from mmar.tokenizer import Tokenizer
 from tokenizers_audio.losses import MultiResolutionSTFTLoss, MultiScaleMelLoss, MultiScaleSTFTDiscriminator
 
 
+TIME_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
+
+
 def check(ok: bool, message: str) -> None:
     """Raise ConfigError(message) unless `ok`."""
     if not ok:
@@ -63,12 +66,17 @@ class WaveformTokenizer(Tokenizer):
         )
         for field in ("time_weight", "mel_weight", "stft_weight"):
             check(cfg[field] >= 0, f"{field} must be >= 0 (0 leaves the term out), got {cfg[field]}")
+        check(
+            cfg["time_loss"] in TIME_LOSSES,
+            f"time_loss must be one of {sorted(TIME_LOSSES)}, got {cfg['time_loss']!r}",
+        )
         self.in_channels = in_channels
         self.sample_rate = sample_rate
         self.hop = math.prod(strides)
         self.downsample = self.hop
+        self.time_loss = cfg["time_loss"]
         self.loss_weights = {
-            "time_l1": cfg["time_weight"],
+            "time": cfg["time_weight"],
             "mel": cfg["mel_weight"],
             "stft": cfg["stft_weight"],
         }
@@ -110,14 +118,16 @@ class WaveformTokenizer(Tokenizer):
     def reconstruction_losses(self, recon: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The codec's own weighted reconstruction losses of `recon` against `x` (both [B, C, samples]).
 
-        Returns {"time_l1": time_weight * L1, "mel": mel_weight * multi-scale log-mel L1, "stft":
-        stft_weight * multi-resolution STFT loss}, terms with weight 0 left out. This is the hook that
+        Returns {"time_l1" (or "time_mse"): time_weight * the waveform L1 (MSE), "mel": mel_weight *
+        multi-scale log-mel L1, "stft": stft_weight * multi-resolution STFT loss}, terms with weight 0 left
+        out. This is the hook that
         keeps a training module modality-agnostic: it sums the terms a tokenizer names here (and logs
         them by name) instead of applying a pixel loss that means nothing for waveforms.
         """
         losses: dict[str, torch.Tensor] = {}
-        if self.loss_weights["time_l1"]:
-            losses["time_l1"] = self.loss_weights["time_l1"] * F.l1_loss(recon.float(), x.float())
+        if self.loss_weights["time"]:
+            waveform = TIME_LOSSES[self.time_loss](recon.float(), x.float())
+            losses[f"time_{self.time_loss}"] = self.loss_weights["time"] * waveform
         if self.mel_loss is not None:
             losses["mel"] = self.loss_weights["mel"] * self.mel_loss(recon, x)
         if self.stft_loss is not None:
