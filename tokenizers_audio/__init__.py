@@ -7,6 +7,9 @@
 - `TransformersCodec` ("transformers_codec"): the pretrained codecs of `transformers` (EnCodec, DAC,
   Mimi), frozen, from a model folder or Hugging Face id (`pip install "mmar[codecs]"`).
 
+All three derive from `tokenizers_audio.base.AudioTokenizer`, which holds what they share: the (frames,)
+token grid and its checks, the input check and, for discrete ids, the ids check and `bitrate`.
+
 Importing this package registers its tokenizers in `mmar.tokenizer.TOKENIZERS`, which
 `mmar.tokenizer.load_tokenizer(path)` does by itself (entry point "mmar.tokenizers": audio) the first time
 it meets a name it does not know. Audio is [B, C, samples] in [-1, 1]; the token grid is (frames,) and the

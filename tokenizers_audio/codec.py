@@ -25,13 +25,14 @@ is a codec of its own. `encode(x, num_quantizers=q)` then picks the bitrate at i
 `reconstruction_losses(recon, x)` gives the codec's own weighted reconstruction losses (time-domain L1,
 DAC's multi-scale mel loss, the multi-resolution STFT loss): the hook through which a training module
 stays modality-agnostic, summing whatever losses the tokenizer names instead of hard-coding pixel losses.
-It, the (frames,) grid and the input checks are shared with the continuous `AudioKLCodec` through
-`tokenizers_audio.waveform.WaveformTokenizer`; the SEANet nets here serve both.
+It and the config checks are shared with the continuous `AudioKLCodec` through
+`tokenizers_audio.waveform.WaveformTokenizer`, and the (frames,) grid, the input and ids checks and
+`bitrate` with every audio tokenizer through `tokenizers_audio.base.AudioTokenizer`; the SEANet nets here
+serve both waveform codecs.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -166,13 +167,9 @@ class RVQCodec(WaveformTokenizer):
     levels, 0.5 kbit/s with one.
 
     Args:
-        in_channels: audio channels (1 mono, 2 stereo).
-        sample_rate: sample rate in Hz (used by the mel loss and `bitrate`; the nets are rate-agnostic).
-        channels: width of the first conv; doubled at each stride.
+        in_channels, sample_rate, channels, strides, dilations, causal: the SEANet nets, as in
+            `WaveformTokenizer`.
         latent_dim: dimension of the latent frames (and of the codes).
-        strides: encoder strides; the hop is their product (decoder: reversed).
-        dilations: dilations of the residual units in each block (SEANet / DAC: 1, 3, 9).
-        causal: pad every conv on the past side only (streamable, EnCodec's causal variant).
         num_quantizers: residual levels Q.
         codebook_size: codes per level K (the generator's vocabulary).
         quantizer_dropout: probability that a training batch uses only its first n levels, n uniform in
@@ -182,11 +179,16 @@ class RVQCodec(WaveformTokenizer):
         kmeans_init: initialise each codebook by k-means on the first training batch's residuals.
         threshold_ema_dead_code: codes whose EMA usage per batch falls below this are re-seeded from the
             batch (EnCodec: 2; keep it well below frames per batch / K, 0 disables).
+<<<<<<< HEAD
         time_weight: weight of the waveform loss in `reconstruction_losses` (EnCodec: 0.1 on L1).
         time_loss: the waveform loss, "l1" (EnCodec) or "mse" (phase-exact targets converge much faster in
             short CPU runs than the phase-blind spectral losses; see configs/audio/notes_codec.yaml).
         mel_weight: weight of the multi-scale log-mel L1 (DAC's, summed over 7 windows, 32..2048).
         stft_weight: weight of the multi-resolution STFT loss (Parallel WaveGAN's).
+=======
+        time_weight, mel_weight, stft_weight: the weights of `reconstruction_losses`, as in
+            `WaveformTokenizer`.
+>>>>>>> audio-dedupe
     """
 
     name = "rvq_codec"
@@ -243,6 +245,7 @@ class RVQCodec(WaveformTokenizer):
         self._init_waveform()
         self.vocab_size = codebook_size
         self.num_quantizers = num_quantizers
+        self.max_quantizers = num_quantizers
         self.token_shape = (num_quantizers,)
         self.quantizer_dropout = quantizer_dropout
         net_args = (channels, latent_dim, strides, dilations, causal)
@@ -260,14 +263,6 @@ class RVQCodec(WaveformTokenizer):
         )
 
     # ----------------------------------------------------------------------------------- contract
-    def bitrate(self, sample_rate: int | None = None, num_quantizers: int | None = None) -> float:
-        """Bits per second of the ids at `num_quantizers` levels (default all Q):
-        sample_rate / hop frames/s * levels * log2(codebook_size) bits (sample_rate defaults to the
-        config's)."""
-        q = self._levels(num_quantizers)
-        sample_rate = self.sample_rate if sample_rate is None else sample_rate
-        return sample_rate / self.hop * q * math.log2(self.vocab_size)
-
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Autoencode a batch.
 
@@ -347,16 +342,3 @@ class RVQCodec(WaveformTokenizer):
         if torch.rand(()).item() >= self.quantizer_dropout:
             return q
         return int(torch.randint(1, q + 1, ()).item())
-
-    def _check_ids(self, ids: torch.Tensor) -> None:
-        q = self.num_quantizers
-        if ids.ndim != 3 or ids.is_floating_point() or ids.is_complex() or not 1 <= ids.shape[-1] <= q:
-            raise ConfigError(
-                f"decode expects integer ids of shape [B, frames, q] with 1 <= q <= {q}, got "
-                f"{tuple(ids.shape)} {ids.dtype}"
-            )
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
-            raise ConfigError(
-                f"ids must lie in [0, {self.vocab_size}) (codebook_size={self.vocab_size}), got values in "
-                f"[{int(ids.min())}, {int(ids.max())}]; check that the generator's vocab_size matches"
-            )

@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmar.errors import ConfigError
-from mmar.tokenizer import Tokenizer, register_tokenizer
+from mmar.tokenizer import register_tokenizer
+from tokenizers_audio.base import AudioTokenizer
 
 INSTALL_HINT = 'pip install "mmar[codecs]"'
 MODEL_CLASSES = {"encodec": "EncodecModel", "dac": "DacModel", "mimi": "MimiModel"}
@@ -157,7 +158,7 @@ def reset_after_load(module: TransformersCodec, incompatible_keys: Any) -> None:
 
 
 @register_tokenizer
-class TransformersCodec(Tokenizer):
+class TransformersCodec(AudioTokenizer):
     """Frozen discrete audio tokenizer over a transformers EnCodec, DAC or Mimi model: audio
     [B, C, samples] <-> ids [B, samples / hop, Q] in [0, codebook_size).
 
@@ -173,7 +174,6 @@ class TransformersCodec(Tokenizer):
 
     name = "transformers_codec"
     kind = "discrete"
-    modality = "audio"
 
     def __init__(
         self,
@@ -230,43 +230,12 @@ class TransformersCodec(Tokenizer):
             self.hop = math.prod(c.upsampling_ratios) * int(latent_stride)
             self.max_quantizers = int(c.num_quantizers)
             self.valid_levels = tuple(range(int(c.num_semantic_quantizers), self.max_quantizers + 1))
-        self.downsample = self.hop
+
+    @property
+    def describe(self) -> str:
+        return f"{self.model_type} codec"
 
     # ----------------------------------------------------------------------------------- contract
-    def grid(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        """Token grid (frames,) = (samples / hop,) of audio (C, samples); ConfigError when it does not fit."""
-        if len(input_shape) != 2:
-            raise ConfigError(
-                f"the {self.name} tokenizer takes audio of shape (C, samples), got {tuple(input_shape)}; "
-                "use an audio DataModule (batch['audio'] [B, C, samples])"
-            )
-        c, samples = input_shape
-        if c != self.in_channels:
-            raise ConfigError(
-                f"audio has {c} channels but the {self.model_type} codec expects {self.in_channels}; "
-                "downmix/duplicate the channels or pick a codec with that many channels"
-            )
-        if samples < self.hop or samples % self.hop:
-            raise ConfigError(
-                f"audio length {samples} samples is not a positive multiple of the {self.model_type} codec's "
-                f"hop {self.hop}; crop or pad clips to a multiple of {self.hop}, e.g. "
-                f"{max(samples // self.hop, 1) * self.hop}"
-            )
-        return (samples // self.hop,)
-
-    def check_input(self, x: torch.Tensor) -> None:
-        """Validate an audio batch [B, C, samples] against this codec (ConfigError otherwise)."""
-        if x.ndim != 3:
-            raise ConfigError(f"expected audio of shape [B, C, samples], got {tuple(x.shape)}")
-        self.grid(tuple(x.shape[1:]))
-
-    def bitrate(self, sample_rate: int | None = None, num_quantizers: int | None = None) -> float:
-        """Bits per second of the ids at `num_quantizers` levels (default the tokenizer's):
-        sample_rate / hop frames/s * levels * log2(codebook_size) (sample_rate defaults to the model's)."""
-        q = self._levels(num_quantizers)
-        sample_rate = self.sample_rate if sample_rate is None else sample_rate
-        return sample_rate / self.hop * q * math.log2(self.vocab_size)
-
     @torch.no_grad()
     def encode(self, x: torch.Tensor, num_quantizers: int | None = None) -> torch.Tensor:
         """Audio [B, C, samples] in [-1, 1] -> ids [B, samples / hop, q] (long) with q = `num_quantizers`
@@ -325,19 +294,6 @@ class TransformersCodec(Tokenizer):
                 f"num_quantizers={num_quantizers} for this {self.model_type} codec must be {detail}"
             )
         return q
-
-    def _check_ids(self, ids: torch.Tensor) -> None:
-        q = self.max_quantizers
-        if ids.ndim != 3 or ids.is_floating_point() or ids.is_complex() or not 1 <= ids.shape[-1] <= q:
-            raise ConfigError(
-                f"decode expects integer ids of shape [B, frames, q] with 1 <= q <= {q}, got "
-                f"{tuple(ids.shape)} {ids.dtype}"
-            )
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
-            raise ConfigError(
-                f"ids must lie in [0, {self.vocab_size}) (codebook_size={self.vocab_size}), got values in "
-                f"[{int(ids.min())}, {int(ids.max())}]; check that the generator's vocab_size matches"
-            )
 
     def _reset_codebook_caches(self) -> None:
         """Drop Mimi's cached codebooks (`embed_sum / cluster_usage`, computed on first use), stale once the

@@ -1,5 +1,6 @@
 """The part shared by the tokenizers that autoencode waveforms with a SEANet-style hop (`RVQCodec`,
-`AudioKLCodec`): config checks, the (frames,) token grid, input checks and the codec losses.
+`AudioKLCodec`): their config checks and constructor arguments, the hop of their strides and the codec
+losses; the (frames,) token grid and the input checks come from `tokenizers_audio.base.AudioTokenizer`.
 
 Audio is [B, C, samples] in [-1, 1]; a tokenizer with hop h (the product of its encoder strides) maps it
 to `samples / h` frames, so clips must be a positive multiple of the hop. `reconstruction_losses(recon,
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from mmar.errors import ConfigError
-from mmar.tokenizer import Tokenizer
+from tokenizers_audio.base import AudioTokenizer
 from tokenizers_audio.losses import MultiResolutionSTFTLoss, MultiScaleMelLoss, MultiScaleSTFTDiscriminator
 
 
@@ -32,17 +33,26 @@ def check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-class WaveformTokenizer(Tokenizer):
+class WaveformTokenizer(AudioTokenizer):
     """Base of the waveform codecs: audio [B, C, samples] <-> tokens on a grid of samples / hop frames.
 
     Subclasses set `self.config` (their constructor kwargs) and call `_init_waveform` in their constructor,
-    then build their nets; `sample_rate` is used by the mel loss and `frame_rate` only (the nets are
-    rate-agnostic).
+    then build their nets. The constructor arguments they share:
+
+    Args:
+        in_channels: audio channels (1 mono, 2 stereo).
+        sample_rate: sample rate in Hz (used by the mel loss, `frame_rate` and the RVQ codec's `bitrate`;
+            the nets are rate-agnostic).
+        channels: width of the first conv; doubled at each stride.
+        strides: encoder strides; the hop is their product (decoder: reversed).
+        dilations: dilations of the residual units in each block (SEANet / DAC: 1, 3, 9).
+        causal: pad every conv on the past side only (streamable, EnCodec's causal variant).
+        time_weight: weight of the waveform L1 in `reconstruction_losses` (EnCodec: 0.1).
+        mel_weight: weight of the multi-scale log-mel L1 (DAC's, summed over 7 windows, 32..2048).
+        stft_weight: weight of the multi-resolution STFT loss (Parallel WaveGAN's).
     """
 
-    modality = "audio"
-    sample_rate: int
-    hop: int
+    channels_fix = "train a codec with in_channels={c}"
 
     def _init_waveform(self) -> None:
         """Check the SEANet fields of `self.config` (in_channels, sample_rate, channels, latent_dim,
@@ -73,7 +83,6 @@ class WaveformTokenizer(Tokenizer):
         self.in_channels = in_channels
         self.sample_rate = sample_rate
         self.hop = math.prod(strides)
-        self.downsample = self.hop
         self.time_loss = cfg["time_loss"]
         self.loss_weights = {
             "time": cfg["time_weight"],
@@ -83,37 +92,8 @@ class WaveformTokenizer(Tokenizer):
         self.mel_loss = MultiScaleMelLoss(sample_rate) if cfg["mel_weight"] else None
         self.stft_loss = MultiResolutionSTFTLoss() if cfg["stft_weight"] else None
 
-    @property
-    def frame_rate(self) -> float:
-        """Token frames per second: sample_rate / hop (50 for 16 kHz and hop 320)."""
-        return self.sample_rate / self.hop
-
-    def grid(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        """Token grid (frames,) = (samples / hop,) of audio (C, samples); ConfigError when it does not fit."""
-        if len(input_shape) != 2:
-            raise ConfigError(
-                f"the {self.name} tokenizer takes audio of shape (C, samples), got {tuple(input_shape)}; "
-                "use an audio DataModule (batch['audio'] [B, C, samples])"
-            )
-        c, samples = input_shape
-        if c != self.in_channels:
-            raise ConfigError(
-                f"audio has {c} channels but the {self.name} tokenizer expects {self.in_channels}; "
-                f"downmix/duplicate the channels or train a codec with in_channels={c}"
-            )
-        if samples < self.hop or samples % self.hop:
-            raise ConfigError(
-                f"audio length {samples} samples is not a positive multiple of the codec's hop {self.hop} "
-                f"(= prod(strides) {self.config['strides']}); crop or pad clips to a multiple of {self.hop}, "
-                f"e.g. {max(samples // self.hop, 1) * self.hop}"
-            )
-        return (samples // self.hop,)
-
-    def check_input(self, x: torch.Tensor) -> None:
-        """Validate an audio batch [B, C, samples] against this codec (ConfigError otherwise)."""
-        if x.ndim != 3:
-            raise ConfigError(f"expected audio of shape [B, C, samples], got {tuple(x.shape)}")
-        self.grid(tuple(x.shape[1:]))
+    def _hop_origin(self) -> str:
+        return f" (= prod(strides) {self.config['strides']})"
 
     def reconstruction_losses(self, recon: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The codec's own weighted reconstruction losses of `recon` against `x` (both [B, C, samples]).
