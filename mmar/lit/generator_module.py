@@ -1,9 +1,11 @@
 """GeneratorModule: trunk + prediction unit + conditioning over a frozen tokenizer.
 
-Training batches are either images ({"image", ...}) or videos ({"video": [B, C, T, H, W], ...} with a video
-tokenizer and `num_frames`), tokenised on the fly by the frozen tokenizer, or cached tokens ({"tokens",
-...}, from `scripts/cache_tokens.py`), with what the condition reads: "label"
-for a class condition (the default), "caption" (or cached caption embeddings) for a text condition.
+Training batches are images ({"image", ...}), videos ({"video": [B, C, T, H, W], ...} with a video
+tokenizer and `num_frames`) or audio ({"audio": [B, C, samples], ...} with an audio tokenizer and
+`duration`), tokenised on the fly by the frozen tokenizer, or cached tokens ({"tokens", ...}, from
+`scripts/cache_tokens.py`), with what the condition reads: "label" for a class condition (the default),
+"caption" (or cached caption embeddings) for a text condition. Residual audio codes are laid out for the
+unit by a code pattern (`mmar.code_patterns`: stacked per frame, flattened, or MusicGen's delay).
 Hyper-parameters are primitives, so checkpoints load with `weights_only=True`; EMA comes from
 Lightning's `EMAWeightAveraging` callback in the config, whose averaged weights are what the
 checkpoint's state_dict holds.

@@ -31,6 +31,10 @@ def test_more_levels_decode_closer_to_the_input():
         codebook_size=32,
         quantizer_dropout=0.5,
         threshold_ema_dead_code=0.0,
+        time_loss="mse",  # the losses of configs/audio/notes_codec.yaml: fast to converge
+        time_weight=100.0,
+        mel_weight=0.1,
+        stft_weight=0.1,
     )
     optimizer = torch.optim.Adam(codec.parameters(), lr=3e-3)
     train = notes("train", 64)
