@@ -186,7 +186,8 @@ def reference_rows(metrics: NotesMetrics, notes: dict, tokenizers: list[str]) ->
             tokenizer = load_tokenizer(path)
             recon = tokenizer.decode(tokenizer.encode(notes["audio"])).clamp(-1, 1)
         scored = plain(metrics.compute(recon, notes["label"]))
-        rows.append({"recipe": f"{tokenizer.name} reconstructions", "unit": "reconstructions", **scored})
+        row = {"recipe": f"{tokenizer.name} reconstructions", "unit": "reconstructions", **scored}
+        rows.append({**row, "tokenizer": tokenizer.name})
     return rows
 
 

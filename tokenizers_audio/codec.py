@@ -179,16 +179,8 @@ class RVQCodec(WaveformTokenizer):
         kmeans_init: initialise each codebook by k-means on the first training batch's residuals.
         threshold_ema_dead_code: codes whose EMA usage per batch falls below this are re-seeded from the
             batch (EnCodec: 2; keep it well below frames per batch / K, 0 disables).
-<<<<<<< HEAD
-        time_weight: weight of the waveform loss in `reconstruction_losses` (EnCodec: 0.1 on L1).
-        time_loss: the waveform loss, "l1" (EnCodec) or "mse" (phase-exact targets converge much faster in
-            short CPU runs than the phase-blind spectral losses; see configs/audio/notes_codec.yaml).
-        mel_weight: weight of the multi-scale log-mel L1 (DAC's, summed over 7 windows, 32..2048).
-        stft_weight: weight of the multi-resolution STFT loss (Parallel WaveGAN's).
-=======
         time_weight, mel_weight, stft_weight: the weights of `reconstruction_losses`, as in
             `WaveformTokenizer`.
->>>>>>> audio-dedupe
     """
 
     name = "rvq_codec"

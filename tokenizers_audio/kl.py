@@ -44,16 +44,8 @@ class AudioKLCodec(LatentNormalization, WaveformTokenizer):
         latent_dim: dimension D of the latent frames (the encoder emits 2 * D: mean and log-variance).
         kl_weight: weight of the KL term, summed over the latent elements of a clip and averaged over
             the batch (default tiny, as the image KL-VAE's LDM value 1e-6; recipes raise it, e.g. 1e-4).
-<<<<<<< HEAD
-        time_weight: weight of the waveform loss in `reconstruction_losses` (EnCodec: 0.1 on L1).
-        time_loss: the waveform loss, "l1" (EnCodec) or "mse" (phase-exact targets converge much faster in
-            short CPU runs than the phase-blind spectral losses; see configs/audio/notes_codec.yaml).
-        mel_weight: weight of the multi-scale log-mel L1 (DAC's, summed over 7 windows, 32..2048).
-        stft_weight: weight of the multi-resolution STFT loss (Parallel WaveGAN's).
-=======
         time_weight, mel_weight, stft_weight: the weights of `reconstruction_losses`, as in
             `WaveformTokenizer`.
->>>>>>> audio-dedupe
         per_channel_scale: fit one shift/scale per latent channel instead of one scalar.
         latent_scale: the fitted scale (float, or list of D floats); None until `fit_statistics`.
         latent_shift: the fitted shift, as `latent_scale`.

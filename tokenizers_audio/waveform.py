@@ -23,7 +23,6 @@ from mmar.errors import ConfigError
 from tokenizers_audio.base import AudioTokenizer
 from tokenizers_audio.losses import MultiResolutionSTFTLoss, MultiScaleMelLoss, MultiScaleSTFTDiscriminator
 
-
 TIME_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
 
 
@@ -47,7 +46,9 @@ class WaveformTokenizer(AudioTokenizer):
         strides: encoder strides; the hop is their product (decoder: reversed).
         dilations: dilations of the residual units in each block (SEANet / DAC: 1, 3, 9).
         causal: pad every conv on the past side only (streamable, EnCodec's causal variant).
-        time_weight: weight of the waveform L1 in `reconstruction_losses` (EnCodec: 0.1).
+        time_weight: weight of the waveform loss in `reconstruction_losses` (EnCodec: 0.1 on L1).
+        time_loss: the waveform loss, "l1" (EnCodec) or "mse" (phase-exact targets converge much faster in
+            short CPU runs than the phase-blind spectral losses; see configs/audio/notes_codec.yaml).
         mel_weight: weight of the multi-scale log-mel L1 (DAC's, summed over 7 windows, 32..2048).
         stft_weight: weight of the multi-resolution STFT loss (Parallel WaveGAN's).
     """

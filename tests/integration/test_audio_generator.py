@@ -205,5 +205,5 @@ def test_audio_at_another_sample_rate_is_refused_before_training(debug_audio_cod
     model = generator(debug_audio_codec, "flatten")
     data = EmbeddedNotesDataModule(sample_rate=16000, duration=0.125, batch_size=2, num_clips_train=2)
     trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False)
-    with pytest.raises(ConfigError, match="set data.init_args.sample_rate to 8000"):
+    with pytest.raises(ConfigError, match=r"set data\.init_args\.sample_rate to 8000"):
         trainer.fit(model, data)
