@@ -12,7 +12,7 @@ import yaml
 def test_compare_audio_trains_scores_and_writes_both_tables(tmp_path, load_script, monkeypatch):
     import mmar.eval.audio as audio_metrics
 
-    small = {"num_clips": 256, "num_val_clips": 64, "epochs": 4}
+    small = {"num_clips": 512, "num_val_clips": 64, "epochs": 12}
     monkeypatch.setattr(
         audio_metrics,
         "NotesMetrics",
