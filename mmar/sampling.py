@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
+from tqdm import tqdm
 
 from mmar.errors import ConfigError
 from mmar.kernels import sample
+from mmar.trunk import PassCounter
 
 CFG_SCHEDULES = ("constant", "linear", "cosine", "interval")
 FLOW_SOLVERS = ("euler", "euler_maruyama")
@@ -148,3 +152,61 @@ def sampler_from_arguments(args: argparse.Namespace) -> Sampler:
         flow_solver=args.flow_solver,
         flow_noise=args.flow_noise,
     )
+
+
+def check_classes(classes: list[int], num_classes: int) -> None:
+    """A one-line error unless every class id of `--classes` lies in [0, num_classes)."""
+    if any(not 0 <= c < num_classes for c in classes):
+        raise ConfigError(f"--classes must lie in [0, {num_classes}), got {classes}")
+
+
+def class_labels(classes: list[int] | None, num_classes: int, per_class: int) -> torch.Tensor:
+    """[N] labels of class-conditional samples, grouped by class: `per_class` of each of `classes` (every
+    class when None or empty), the sampling scripts' `--classes` and `--per-class`."""
+    classes = list(classes) if classes else list(range(num_classes))
+    check_classes(classes, num_classes)
+    if per_class < 1:
+        raise ConfigError(f"--per-class must be >= 1, got {per_class}")
+    return torch.tensor(classes).repeat_interleave(per_class)
+
+
+def given_labels(labels: torch.Tensor, classes: list[int] | None, num_classes: int) -> torch.Tensor:
+    """The condition of continued clips: `classes` (one per clip, or one for all) or, when None or empty,
+    the clips' own `labels` [N]."""
+    if not classes:
+        return labels
+    if len(classes) not in (1, len(labels)):
+        raise ConfigError(f"--classes takes one class or one per clip ({len(labels)}), got {len(classes)}")
+    check_classes(list(classes), num_classes)
+    return torch.tensor(classes).expand(len(labels)).clone()
+
+
+def sample_in_batches(
+    model,
+    labels: torch.Tensor,
+    sampler: Sampler,
+    batch_size: int,
+    given: torch.Tensor | None = None,
+    given_frames: int = 0,
+    conditions: Callable = lambda labels: labels,
+    progress: bool = False,
+) -> tuple[torch.Tensor, float, float]:
+    """(samples [N, ...] on the CPU, seconds, trunk passes per batch) of a generator over `labels` [N].
+
+    Batch i of `batch_size` is sampled with `sampler` seeded `sampler.seed + i` (0 + i when unseeded), so a
+    sample does not depend on the batches before it. `model.generate` gives the samples, clamped to
+    [-1, 1]; with `given` clips [N, ...], `model.continue_clips` continues their first `given_frames`
+    frames instead. `conditions` maps a batch of labels to the model's conditions (e.g. captions);
+    `progress` shows a progress bar.
+    """
+    samples, start, base = [], time.perf_counter(), sampler.seed or 0
+    batches = labels.split(batch_size)
+    with PassCounter(model.trunk) as counter:
+        for i, batch in enumerate(tqdm(batches, desc="sampling", unit="batch", disable=not progress)):
+            seeded = replace(sampler, seed=base + i)
+            if given is None:
+                samples.append(model.generate(conditions(batch), seeded).float().clamp(-1, 1).cpu())
+            else:
+                clips = given[i * batch_size : i * batch_size + len(batch)]
+                samples.append(model.continue_clips(clips, conditions(batch), given_frames, seeded).cpu())
+    return torch.cat(samples), time.perf_counter() - start, counter.count / max(len(batches), 1)

@@ -39,9 +39,8 @@ from mmar.data.audio import PITCH_CLASSES, EmbeddedNotesDataModule
 from mmar.eval.audio import NotesMetrics, reconstruction_report
 from mmar.eval.report import merge_rows, train_and_score, trainer_seconds, write_marked
 from mmar.lit.loading import load_generator
-from mmar.sampling import Sampler
+from mmar.sampling import Sampler, sample_in_batches
 from mmar.tokenizer import load_tokenizer
-from mmar.trunk import PassCounter
 
 TOKENIZER_RECIPES = ["configs/audio/notes_codec.yaml", "configs/audio/notes_kl.yaml"]
 RECIPES = [
@@ -135,24 +134,14 @@ def score_generator(ckpt: Path, recipe: str, args, metrics: NotesMetrics, notes:
     model = load_generator(ckpt)
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
     labels = torch.arange(NUM_CLASSES).repeat_interleave(args.per_class)  # grouped by class
-    clips, start, batches = [], time.perf_counter(), labels.split(96)
-    with PassCounter(model.trunk) as counter:
-        for i, batch in enumerate(batches):
-            clips.append(
-                model.generate(batch, Sampler(cfg_scale=args.cfg_scale, seed=i)).float().clamp(-1, 1)
-            )
-    seconds, passes = time.perf_counter() - start, counter.count / len(batches)
-    clips = torch.cat(clips)
+    sampler = Sampler(cfg_scale=args.cfg_scale, seed=0)  # batch i seeded i
+    clips, seconds, passes = sample_in_batches(model, labels, sampler, 96)
     example = torch.cat(list(clips[:: args.per_class]), dim=-1)  # the first clip of each class, C to B
     stem = Path(recipe).stem.removeprefix("notes_")
     write_wav(Path(args.docs).parent / f"audio_{stem}.wav", example, args.sample_rate)
     save_spectrogram(Path(args.docs).parent / f"audio_{stem}.png", example, args.sample_rate)
 
-    continued = []
-    for i, (given, batch) in enumerate(zip(notes["audio"].split(96), notes["label"].split(96))):
-        sampler = Sampler(cfg_scale=args.cfg_scale, seed=i)
-        continued.append(model.continue_clips(given, batch, args.given_frames, sampler))
-    continued = torch.cat(continued)
+    continued, _, _ = sample_in_batches(model, notes["label"], sampler, 96, notes["audio"], args.given_frames)
     continued[..., : args.given_frames * model.tokenizer.downsample] = 0  # score the generated part only
     scored = metrics.compute(clips, labels)
     scored_continued = metrics.compute(continued, notes["label"])

@@ -18,7 +18,7 @@ per unit goes to docs/video_<unit>.gif.
 from __future__ import annotations
 
 import argparse
-import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +30,7 @@ from mmar.eval.fid import to_uint8
 from mmar.eval.report import merge_rows, train_and_score, trainer_seconds, write_marked
 from mmar.eval.video import MovingDigitsMetrics
 from mmar.lit.loading import load_generator
-from mmar.sampling import Sampler
-from mmar.trunk import PassCounter
+from mmar.sampling import Sampler, sample_in_batches
 from mmar.video_io import write_gif
 from tokenizers_visual import load_tokenizer
 
@@ -64,20 +63,13 @@ def score(ckpt: Path, args: argparse.Namespace, metrics: MovingDigitsMetrics, he
     model = load_generator(ckpt)
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
     labels = torch.arange(NUM_LABELS).repeat_interleave(args.per_class)  # grouped by class
-    clips, start, batches = [], time.perf_counter(), labels.split(80)
-    with PassCounter(model.trunk) as counter:
-        for i, batch in enumerate(batches):
-            sampler = Sampler(cfg_scale=args.cfg_scale, seed=i)
-            clips.append(model.generate(conditions_of(model, batch), sampler).float().clamp(-1, 1))
-    seconds, passes = time.perf_counter() - start, counter.count / len(batches)
-    clips = torch.cat(clips)
+    sampler = Sampler(cfg_scale=args.cfg_scale, seed=0)  # batch i seeded i
+    conditions = partial(conditions_of, model)
+    clips, seconds, passes = sample_in_batches(model, labels, sampler, 80, conditions=conditions)
     write_example(clips, args.per_class, Path(args.docs).parent / f"video_{model.unit.name}.gif")
 
-    continued = []
-    for i, (given, batch) in enumerate(zip(held_out["video"].split(80), held_out["label"].split(80))):
-        sampler = Sampler(cfg_scale=args.cfg_scale, seed=i)
-        continued.append(model.continue_clips(given, conditions_of(model, batch), 1, sampler))
-    continued = torch.cat(continued)
+    given = held_out["video"]
+    continued, _, _ = sample_in_batches(model, held_out["label"], sampler, 80, given, 1, conditions)
     scored = metrics.compute(clips, labels % NUM_CLASSES, labels // NUM_CLASSES)
     scored_continued = metrics.compute(continued, held_out["label"] % NUM_CLASSES, held_out["direction"])
     trained = [model.trunk, model.unit, model.conditioning]

@@ -21,9 +21,9 @@ import torch
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from mmar.errors import ConfigError, run_or_exit
+from mmar.errors import run_or_exit
 from mmar.lit.loading import load_generator
-from mmar.sampling import add_sampler_arguments, sampler_from_arguments
+from mmar.sampling import add_sampler_arguments, class_labels, sampler_from_arguments
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,12 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict:
     model = load_generator(args.ckpt, args.device)
-    num_classes = model.conditioning.num_classes
-    classes = args.classes if args.classes else list(range(num_classes))
-    if any(not 0 <= c < num_classes for c in classes):
-        raise ConfigError(f"--classes must lie in [0, {num_classes}), got {classes}")
+    labels = class_labels(args.classes, model.conditioning.num_classes, args.per_class)  # (N,) by class
     sampler = sampler_from_arguments(args)
-    labels = torch.tensor(classes).repeat_interleave(args.per_class)  # (N,) grouped by class
     images, start = [], time.perf_counter()
     for i, batch in enumerate(tqdm(labels.split(args.batch_size), desc="sampling", unit="batch")):
         sampler.seed = args.seed + i
@@ -60,7 +56,7 @@ def run(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     uint8 = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)  # ADM convention: round
     np.savez(out / "samples.npz", images=uint8.permute(0, 2, 3, 1).numpy(), labels=labels.numpy())
-    shown = images.view(len(classes), args.per_class, *images.shape[1:])[:, : args.grid_columns]
+    shown = images.view(-1, args.per_class, *images.shape[1:])[:, : args.grid_columns]
     save_image(
         shown.flatten(0, 1), out / "grid.png", nrow=shown.shape[1], normalize=True, value_range=(-1, 1)
     )

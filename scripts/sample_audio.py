@@ -22,19 +22,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from mmar.audio_io import AUDIO_EXTENSIONS, read_audio, save_spectrogram, write_wav
 from mmar.errors import ConfigError, run_or_exit
 from mmar.io import save_npz
 from mmar.lit.loading import load_generator
-from mmar.sampling import add_sampler_arguments, sampler_from_arguments
-from mmar.trunk import PassCounter
+from mmar.sampling import (
+    add_sampler_arguments,
+    class_labels,
+    given_labels,
+    sample_in_batches,
+    sampler_from_arguments,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,16 +60,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def num_classes(model) -> int:
     return model.conditioning.num_classes
-
-
-def class_labels(model, args: argparse.Namespace) -> torch.Tensor:
-    """[N] labels of the class-conditional clips, grouped by class."""
-    classes = args.classes if args.classes else list(range(num_classes(model)))
-    if any(not 0 <= c < num_classes(model) for c in classes):
-        raise ConfigError(f"--classes must lie in [0, {num_classes(model)}), got {classes}")
-    if args.per_class < 1:
-        raise ConfigError(f"--per-class must be >= 1, got {args.per_class}")
-    return torch.tensor(classes).repeat_interleave(args.per_class)
 
 
 def clips_to_continue(model, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,17 +87,6 @@ def clips_to_continue(model, args: argparse.Namespace) -> tuple[torch.Tensor, to
     return clips, torch.full((len(files),), num_classes(model))  # no labels: the null class
 
 
-def given_labels(labels: torch.Tensor, classes: list[int] | None, model) -> torch.Tensor:
-    """The continuation's condition: --classes (one per clip, or one for all) or the clips' own labels."""
-    if not classes:
-        return labels
-    if len(classes) not in (1, len(labels)):
-        raise ConfigError(f"--classes takes one class or one per clip ({len(labels)}), got {len(classes)}")
-    if any(not 0 <= c < num_classes(model) for c in classes):
-        raise ConfigError(f"--classes must lie in [0, {num_classes(model)}), got {classes}")
-    return torch.tensor(classes).expand(len(labels)).clone()
-
-
 def run(args: argparse.Namespace) -> dict:
     model = load_generator(args.ckpt, args.device)
     if model.tokenizer.modality != "audio":
@@ -116,23 +98,21 @@ def run(args: argparse.Namespace) -> dict:
     clips = None
     if args.continue_from:
         clips, labels = clips_to_continue(model, args)
-        labels = given_labels(labels, args.classes, model)
+        labels = given_labels(labels, args.classes, num_classes(model))
     else:
-        labels = class_labels(model, args)
+        labels = class_labels(args.classes, num_classes(model), args.per_class)
     if args.embedded_metrics and (labels >= num_classes(model)).any():  # checked before sampling
         raise ConfigError("--embedded-metrics needs a pitch class to check for every clip: pass --classes")
-    audio, start = [], time.perf_counter()
-    batches = labels.split(args.batch_size)
-    with PassCounter(model.trunk) as counter:
-        for i, batch in enumerate(tqdm(batches, desc="sampling", unit="batch")):
-            sampler.seed = args.seed + i
-            if clips is None:
-                audio.append(model.generate(batch, sampler).float().clamp(-1, 1).cpu())
-            else:
-                given = clips[i * args.batch_size : i * args.batch_size + len(batch)]
-                audio.append(model.continue_clips(given, batch, args.given_frames, sampler).cpu())
-    seconds = time.perf_counter() - start
-    audio = torch.cat(audio)  # (N, C, samples)
+    sampler.seed = args.seed
+    audio, seconds, passes = sample_in_batches(  # (N, C, samples) in [-1, 1]
+        model,
+        labels,
+        sampler,
+        args.batch_size,
+        clips,
+        args.given_frames,
+        progress=True,
+    )
     rate = model.tokenizer.sample_rate
 
     out = Path(args.out)
@@ -153,7 +133,7 @@ def run(args: argparse.Namespace) -> dict:
         "clip_shape": list(audio.shape[1:]),
         "mode": "continuation" if clips is not None else "class-conditional",
         "sampler": {**asdict(sampler), "seed": args.seed},
-        "trunk_passes_per_clip": counter.count / len(batches),
+        "trunk_passes_per_clip": passes,
         "sampling_seconds": seconds,
         "seconds_per_clip": seconds / len(audio),
     }

@@ -26,20 +26,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from mmar.data.video import DIRECTIONS, NUM_CLASSES, captions_of
 from mmar.errors import ConfigError, run_or_exit
 from mmar.eval.fid import to_uint8
 from mmar.io import save_npz
 from mmar.lit.loading import load_generator
-from mmar.sampling import add_sampler_arguments, sampler_from_arguments
-from mmar.trunk import PassCounter
+from mmar.sampling import (
+    add_sampler_arguments,
+    class_labels,
+    given_labels,
+    sample_in_batches,
+    sampler_from_arguments,
+)
 from mmar.video_io import VIDEO_EXTENSIONS, read_video, save_strip, write_gif, write_mp4
 
 NUM_LABELS = NUM_CLASSES * len(DIRECTIONS)  # moving digits: a class per digit and direction
@@ -84,17 +87,6 @@ def conditions_of(model, labels: torch.Tensor):
     return captions_of(labels) if text_conditioned(model) else labels
 
 
-def class_labels(model, args: argparse.Namespace) -> torch.Tensor:
-    """[N] labels of the class-conditional clips, grouped by class."""
-    num = num_classes(model)
-    classes = args.classes if args.classes else list(range(num))
-    if any(not 0 <= c < num for c in classes):
-        raise ConfigError(f"--classes must lie in [0, {num}), got {classes}")
-    if args.per_class < 1:
-        raise ConfigError(f"--per-class must be >= 1, got {args.per_class}")
-    return torch.tensor(classes).repeat_interleave(args.per_class)
-
-
 def conditioning_clips(model, args: argparse.Namespace) -> tuple[torch.Tensor, ...]:
     """(clips [N, C, T, H, W] in [-1, 1], labels [N], true directions [N] or None) to continue."""
     c, t, h, w = model.input_shape
@@ -134,17 +126,6 @@ def conditioning_clips(model, args: argparse.Namespace) -> tuple[torch.Tensor, .
     return torch.stack(clips), torch.full((len(files),), null), None
 
 
-def given_labels(labels: torch.Tensor, classes: list[int] | None, model) -> torch.Tensor:
-    """The continuation's condition: --classes (one per clip, or one for all) or the clips' own labels."""
-    if not classes:
-        return labels
-    if len(classes) not in (1, len(labels)):
-        raise ConfigError(f"--classes takes one class or one per clip ({len(labels)}), got {len(classes)}")
-    if any(not 0 <= c < num_classes(model) for c in classes):
-        raise ConfigError(f"--classes must lie in [0, {num_classes(model)}), got {classes}")
-    return torch.tensor(classes).expand(len(labels)).clone()
-
-
 def run(args: argparse.Namespace) -> dict:
     model = load_generator(args.ckpt, args.device)
     if model.tokenizer.modality != "video":
@@ -153,24 +134,22 @@ def run(args: argparse.Namespace) -> dict:
     clips, directions = None, None
     if args.continue_from:
         clips, labels, directions = conditioning_clips(model, args)
-        labels = given_labels(labels, args.classes, model)
+        labels = given_labels(labels, args.classes, num_classes(model))
     else:
-        labels = class_labels(model, args)
+        labels = class_labels(args.classes, num_classes(model), args.per_class)
     if args.embedded_metrics and (labels >= num_classes(model)).any():  # checked before sampling
         raise ConfigError("--embedded-metrics needs a digit to check for every clip: pass --classes")
-    videos, start = [], time.perf_counter()
-    batches = labels.split(args.batch_size)
-    with PassCounter(model.trunk) as counter:
-        for i, batch in enumerate(tqdm(batches, desc="sampling", unit="batch")):
-            sampler.seed = args.seed + i
-            conditions = conditions_of(model, batch)
-            if clips is None:
-                videos.append(model.generate(conditions, sampler).float().clamp(-1, 1).cpu())
-            else:
-                given = clips[i * args.batch_size : i * args.batch_size + len(batch)]
-                videos.append(model.continue_clips(given, conditions, args.given_frames, sampler).cpu())
-    seconds = time.perf_counter() - start
-    videos = torch.cat(videos)  # (N, C, T, H, W) in [-1, 1]
+    sampler.seed = args.seed
+    videos, seconds, passes = sample_in_batches(  # (N, C, T, H, W) in [-1, 1]
+        model,
+        labels,
+        sampler,
+        args.batch_size,
+        clips,
+        args.given_frames,
+        conditions=lambda batch: conditions_of(model, batch),
+        progress=True,
+    )
     uint8 = to_uint8(videos).permute(0, 2, 3, 4, 1).numpy()  # (N, T, H, W, C)
 
     out = Path(args.out)
@@ -190,7 +169,7 @@ def run(args: argparse.Namespace) -> dict:
         "clip_shape": list(videos.shape[1:]),
         "mode": "continuation" if clips is not None else "class-conditional",
         "sampler": {**asdict(sampler), "seed": args.seed},
-        "trunk_passes_per_clip": counter.count / len(batches),
+        "trunk_passes_per_clip": passes,
         "sampling_seconds": seconds,
         "seconds_per_clip": seconds / len(videos),
     }

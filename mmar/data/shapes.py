@@ -47,8 +47,8 @@ import torch
 from torch.utils.data import Dataset
 
 from mmar.data.base import SplitDataModule
+from mmar.data.segments import boundary_map
 from mmar.errors import ConfigError
-from mmar.eval.segmentation import boundary_map
 
 SHAPES = ("circle", "square", "triangle")
 COLORS = {

@@ -40,12 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmar.data import audio as notes  # the module, its names read at call time: importing mmar.data.audio
-
-# imports mmar.data.shapes, which imports mmar.eval, so this module may load while that one is half done
+from mmar.data import audio as notes
 from mmar.errors import ConfigError
 from mmar.eval.embedded import default_cache_dir, load_cached_classifier, save_classifier, single_thread
-from mmar.eval.frechet import feature_statistics, frechet_distance
+from mmar.eval.frechet import ReferenceFD, feature_statistics, frechet_distance
 from mmar.eval.vggish import SAMPLE_RATE as VGGISH_SAMPLE_RATE
 from mmar.eval.vggish import VGGish, load_vggish, log_mel_examples
 from mmar.spectral import as_mono_batch, log_frequency_filterbank, mel_filterbank, stft
@@ -485,7 +483,7 @@ def load_notes_classifier(
     return model, {**info, "loaded_from_cache": False}
 
 
-class NotesMetrics:
+class NotesMetrics(ReferenceFD):
     """Embedded notes metrics (not FAD): pitch-class accuracy and classifier-feature FD.
 
     Args:
@@ -553,21 +551,12 @@ class NotesMetrics:
         """Fréchet distance between classifier features of `audio` and of the reference val clips."""
         return self._fd(self.features(audio, sample_rate))
 
-    def real_fd_at(self, num_samples: int) -> float:
-        """FD of the first `num_samples` real train clips vs the reference: the floor at that count.
+    def _train_dataset(self, num: int) -> notes.EmbeddedNotesDataset:
+        return _data_module(self.sample_rate, self.duration, self.seed, num, 0).train_dataset
 
-        FD is biased upwards for small sample sets, so compare a generator's FD with this number at the
-        same count. The train clips are the ones a generator trained on this data module sees.
-        """
-        num = max(num_samples, 2)
-        if num not in self._real_fd_at:
-            data = _data_module(self.sample_rate, self.duration, self.seed, num, 0)
-            features = [  # stream: n real clips may not fit in memory
-                self.features(_notes(data.train_dataset, min(begin + self.batch_size, num), begin)[0])
-                for begin in range(0, num, self.batch_size)
-            ]
-            self._real_fd_at[num] = self._fd(torch.cat(features))
-        return self._real_fd_at[num]
+    @staticmethod
+    def _clips(dataset: notes.EmbeddedNotesDataset, stop: int, start: int) -> torch.Tensor:
+        return _notes(dataset, stop, start)[0]
 
     def compute(self, audio: torch.Tensor, labels: torch.Tensor, sample_rate: int | None = None) -> dict:
         """All numbers as a dict (e.g. for a metrics JSON), with the references needed to read them.
@@ -589,14 +578,6 @@ class NotesMetrics:
         }
 
     __call__ = compute
-
-    def _fd(self, features: torch.Tensor) -> float:
-        if len(features) < 2:
-            raise ConfigError(
-                f"the classifier FD needs at least 2 clips, got {len(features)}; pass more samples"
-            )
-        mu, sigma = feature_statistics(features)
-        return frechet_distance(mu, sigma, self.reference_mu, self.reference_sigma)
 
     def _check_audio(self, audio: torch.Tensor, sample_rate: int | None) -> None:
         if sample_rate is not None and sample_rate != self.sample_rate:

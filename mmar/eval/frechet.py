@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from scipy import linalg
 
+from mmar.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 ArrayLike = np.ndarray | torch.Tensor | float
@@ -102,3 +104,37 @@ def _as_matrix(x: ArrayLike) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().double().numpy()
     return np.atleast_2d(np.asarray(x, dtype=np.float64))
+
+
+class ReferenceFD:
+    """What the embedded clip metrics (moving digits, notes) share: the Fréchet distance of classifier
+    features to the reference clips' statistics, and the real-data floor at a sample count.
+
+    Subclasses set `batch_size`, `reference_mu`, `reference_sigma` and `_real_fd_at = {}`, and define
+    `features(clips)`, `_train_dataset(num)` (a dataset of at least `num` real train clips) and
+    `_clips(dataset, stop, start)` (its clips `start` to `stop` as one tensor).
+    """
+
+    def _fd(self, features: torch.Tensor) -> float:
+        if len(features) < 2:
+            raise ConfigError(
+                f"the classifier FD needs at least 2 clips, got {len(features)}; pass more samples"
+            )
+        mu, sigma = feature_statistics(features)
+        return frechet_distance(mu, sigma, self.reference_mu, self.reference_sigma)
+
+    def real_fd_at(self, num_samples: int) -> float:
+        """FD of the first `num_samples` real train clips vs the reference: the floor at that count.
+
+        FD is biased upwards for small sample sets, so compare a generator's FD with this number at the
+        same count. The train clips are the ones a generator trained on the same data module sees.
+        """
+        num = max(num_samples, 2)
+        if num not in self._real_fd_at:
+            dataset = self._train_dataset(num)
+            features = [  # streamed: n real clips may not fit in memory
+                self.features(self._clips(dataset, min(begin + self.batch_size, num), begin))
+                for begin in range(0, num, self.batch_size)
+            ]
+            self._real_fd_at[num] = self._fd(torch.cat(features))
+        return self._real_fd_at[num]

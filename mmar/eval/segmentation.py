@@ -13,29 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mmar.data.segments import boundary_map  # re-exported: segment maps and their boundaries are data
 from mmar.errors import ConfigError
 
-
-def boundary_map(segments: torch.Tensor) -> torch.Tensor:
-    """Thick boundaries of a segment map: True where a 4-neighbour has a different segment id.
-
-    Both sides of every edge between two segments are marked (skimage's `find_boundaries(mode="thick")`),
-    so boundaries are two pixels wide; the image border is not a boundary.
-
-    Args:
-        segments: integer segment ids [..., H, W].
-
-    Returns:
-        bool [..., H, W].
-    """
-    edges = torch.zeros(segments.shape, dtype=torch.bool, device=segments.device)
-    dy = segments[..., 1:, :] != segments[..., :-1, :]  # [..., H-1, W]
-    dx = segments[..., :, 1:] != segments[..., :, :-1]  # [..., H, W-1]
-    edges[..., 1:, :] |= dy
-    edges[..., :-1, :] |= dy
-    edges[..., :, 1:] |= dx
-    edges[..., :, :-1] |= dx
-    return edges
+__all__ = ["boundary_map", "boundary_precision_recall", "segment_boundary_scores"]
 
 
 def disk(radius: int) -> torch.Tensor:

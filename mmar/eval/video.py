@@ -52,7 +52,7 @@ from mmar.eval.embedded import (
     save_classifier,
     single_thread,
 )
-from mmar.eval.frechet import feature_statistics, frechet_distance
+from mmar.eval.frechet import ReferenceFD, feature_statistics
 
 CLASSIFIER_VERSION = 1  # bump when the architecture or the training recipe changes (invalidates caches)
 FRAME_FEATURE_DIM = 64
@@ -394,7 +394,7 @@ def load_video_classifier(
     return model, {**info, "loaded_from_cache": False}
 
 
-class MovingDigitsMetrics:
+class MovingDigitsMetrics(ReferenceFD):
     """Embedded moving-digits metrics (not FVD): digit and motion accuracy, temporal consistency, FD.
 
     Args:
@@ -486,30 +486,15 @@ class MovingDigitsMetrics:
         """Fréchet distance between classifier features of `videos` and of the reference val clips."""
         return self._fd(self.features(videos))
 
-    def real_fd_at(self, num_samples: int) -> float:
-        """FD of the first `num_samples` real train-split clips vs the reference: the floor at that count.
+    def _train_dataset(self, num: int) -> MovingDigitsDataset:
+        d = self._data
+        return _data_module(
+            self.image_size, self.num_frames, d.max_speed, d.val_fraction, d.seed, d.digit_size, num, 0
+        ).train_dataset
 
-        FD is biased upwards for small sample sets, so compare a generator's FD with this number at the
-        same count. The train clips are the ones a generator trained on this data module sees.
-        """
-        num = max(num_samples, 2)
-        if num not in self._real_fd_at:
-            data = _data_module(
-                self.image_size,
-                self.num_frames,
-                self._data.max_speed,
-                self._data.val_fraction,
-                self._data.seed,
-                self._data.digit_size,
-                num,
-                0,
-            )
-            features = []
-            for begin in range(0, num, self.batch_size):  # stream: n real clips may not fit in memory
-                videos, _, _ = _materialise(data.train_dataset, min(begin + self.batch_size, num), begin)
-                features.append(self.features(videos))
-            self._real_fd_at[num] = self._fd(torch.cat(features))
-        return self._real_fd_at[num]
+    @staticmethod
+    def _clips(dataset: MovingDigitsDataset, stop: int, start: int) -> torch.Tensor:
+        return _materialise(dataset, stop, start)[0]
 
     def compute(
         self, videos: torch.Tensor, digits: torch.Tensor, directions: torch.Tensor | None = None
@@ -542,14 +527,6 @@ class MovingDigitsMetrics:
         return result
 
     __call__ = compute
-
-    def _fd(self, features: torch.Tensor) -> float:
-        if len(features) < 2:
-            raise ConfigError(
-                f"the classifier FD needs at least 2 clips, got {len(features)}; pass more samples"
-            )
-        mu, sigma = feature_statistics(features)
-        return frechet_distance(mu, sigma, self.reference_mu, self.reference_sigma)
 
     def _check_videos(self, videos: torch.Tensor) -> None:
         expected = (1, self.num_frames, self.image_size, self.image_size)

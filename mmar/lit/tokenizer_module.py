@@ -60,7 +60,7 @@ from mmar.lit.losses import (
     multiscale_hinge_d_loss,
     multiscale_hinge_g_loss,
 )
-from mmar.lit.optim import adamw, scheduled
+from mmar.lit.optim import LR_SCHEDULES, adamw, scheduled
 from mmar.tokenizer import build_tokenizer, load_tokenizer
 
 RECON_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
@@ -84,6 +84,9 @@ class TokenizerModule(LightningModule):
         betas: AdamW betas.
         weight_decay: AdamW weight decay.
         warmup_steps: linear learning-rate warm-up from 0, in training steps (batches).
+        lr_schedule: "constant" after the warm-up (the default, as before), or "cosine" decay to
+            `min_lr_ratio * lr` at the trainer's last step (short runs end at a lower loss).
+        min_lr_ratio: final LR fraction of the cosine schedule.
         grad_clip: max gradient norm per optimiser (0 disables clipping).
         recon_loss: pixel reconstruction loss, "l1" or "mse".
         perceptual_weight: weight of the LPIPS loss (0 disables it; needs `pip install "mmar[perceptual]"`);
@@ -114,6 +117,8 @@ class TokenizerModule(LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
+        lr_schedule: str = "constant",
+        min_lr_ratio: float = 0.1,
         grad_clip: float = 1.0,
         recon_loss: str = "l1",
         perceptual_weight: float = 0.0,
@@ -132,6 +137,8 @@ class TokenizerModule(LightningModule):
         self.automatic_optimization = False
         if recon_loss not in RECON_LOSSES:
             raise ConfigError(f"recon_loss must be one of {sorted(RECON_LOSSES)}, got '{recon_loss}'")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"unknown lr_schedule '{lr_schedule}'; choose one of {LR_SCHEDULES}")
         if trainable not in TRAINABLE:
             raise ConfigError(f"trainable must be one of {TRAINABLE}, got '{trainable}'")
         self.tokenizer = (
@@ -187,7 +194,10 @@ class TokenizerModule(LightningModule):
         optimizers = [adamw(trained, hp.lr, hp.betas, hp.weight_decay)]
         if self.discriminator is not None:
             optimizers.append(adamw(self.discriminator, hp.lr, hp.betas, hp.weight_decay))
-        schedulers = [scheduled(opt, hp.warmup_steps, 0, "constant") for opt in optimizers]
+        total = self.trainer.estimated_stepping_batches
+        schedulers = [
+            scheduled(opt, hp.warmup_steps, total, hp.lr_schedule, hp.min_lr_ratio) for opt in optimizers
+        ]
         return optimizers, schedulers
 
     def training_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> torch.Tensor | None:

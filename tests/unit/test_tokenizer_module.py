@@ -69,6 +69,7 @@ def test_builds_tokenizer_by_name_with_primitive_hparams():
         ({"tokenizer": {"name": "nope"}}, "unknown tokenizer name 'nope'.*known: .*'vq'"),
         ({"tokenizer": {"name": "vq", "codebok_size": 8}}, "codebok_size.*valid:.*codebook_size"),
         ({"recon_loss": "l3"}, "recon_loss must be one of"),
+        ({"lr_schedule": "linear"}, "unknown lr_schedule 'linear'"),
     ],
 )
 def test_bad_config_is_a_clear_error(kwargs, match):
@@ -96,6 +97,12 @@ def test_linear_warmup_of_the_learning_rate(tmp_path):
     module = tiny_module(warmup_steps=4)
     trainer = fit(module, 2, tmp_path, limit_val_batches=0)
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 * 3 / 4)  # after 2 steps
+
+
+def test_cosine_schedule_decays_to_the_floor_at_the_last_step(tmp_path):
+    module = tiny_module(warmup_steps=1, lr_schedule="cosine", min_lr_ratio=0.2)
+    trainer = fit(module, 5, tmp_path, limit_val_batches=0)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 * 0.2)  # after the last step
 
 
 def test_gan_step_updates_generator_and_discriminator(tmp_path):
