@@ -1,74 +1,346 @@
-"""Tokens/s of KV-cached vs uncached next-token generation, printed as a ratio from one run.
+"""Sampling speed of every prediction unit against its roofline bound, both measured in one run.
 
-    python scripts/bench_sampling.py                    # preset B, 256 tokens (16x16), batch 8, CPU
-    python scripts/bench_sampling.py --preset debug --grid 8 8
+    python scripts/bench_sampling.py                                 # every unit, preset B, batch 8, CFG
+    python scripts/bench_sampling.py --device cuda --markdown runs/bench/sampling.md
+    python scripts/bench_sampling.py --units next_token --compare-cache   # KV-cached vs uncached
+    python scripts/bench_sampling.py --units masked_ar --unit-kwargs '{"masked_ar": {"steps": 16}}'
+    python scripts/bench_sampling.py --quick                         # debug trunk, 8x8, batch 2: seconds
 
-The network is randomly initialised: speed does not depend on the weights. Both runs draw the same
-tokens (same seed), so they do the same work apart from the cache.
+Scale (preset B of each paper): the discrete units (next_token, random_order, next_block, next_neighbor)
+draw 16 x 16 tokens of a 16384-word vocabulary (LlamaGen's VQ-16), the continuous ones (masked_ar,
+hi_mar, next_x) 16 x 16 latents of 16 channels; batch 8 with classifier-free guidance, so the trunk runs
+16 rows. Each unit keeps its constructor defaults, its paper's step counts where the unit cites them:
+next_token and random_order one pass per token (256), next_block one per row (16), next_neighbor one per
+anti-diagonal (31), masked_ar MAR's 64 steps, hi_mar 4 pivot steps + 64, next_x 64 cells of 2 x 2
+tokens x 16 flow steps (1024); `--unit-kwargs` overrides them, keyed by unit
+({"masked_ar": {"steps": 16}}) or for every unit ({"steps": 16}). Rows with a suffix are variants:
+`next_token[uncached]` decodes without the KV cache (`--compare-cache` adds it and prints the cache's
+speed-up, the script's former output) and `masked_ar[skip_masked]` runs MAR's faster path where the
+installed MaskedAR has that option (`all` includes it then). Weights are random: speed does not depend
+on them; fp32 throughout.
+
+Per unit: trunk passes per image (all images of the batch share them; `num_steps` is what the unit
+predicts), seconds per image, and the bound measured in the same run (`mmar.roofline`): every trunk pass
+and head call is recorded and priced in FLOPs and bytes; its bound is max(bytes / bandwidth,
+flops / throughput), with the bandwidth of copying a 256 MB tensor and the throughput of an fp32 matmul
+of the trunk's widest shape over all tokens of a guided pass, both measured here first. A pass is
+memory-bound when the first term wins (KV-cached decoding), compute-bound otherwise (bidirectional
+passes over every token). The unit's bound is the sum over its calls, labelled by the kind that makes up
+most of it; `fraction_of_bound` = bound / measured time (1: at the roofline). One JSON line per unit on
+stdout; the markdown table on stderr and in `--markdown`.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import math
+import sys
 import time
+from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from mmar.conditioning import ClassCondition
+from mmar.errors import ConfigError
+from mmar.roofline import CallRecorder, Machine, device_of, synchronize
 from mmar.sampling import Sampler
-from mmar.trunk import Trunk, trunk_config
-from mmar.units import build_unit
+from mmar.trunk import TRUNK_PRESETS, Trunk, trunk_config
+from mmar.units import UNITS, build_unit
+
+FULL = {"preset": "B", "grid": [16, 16], "batch": 8, "vocab": 16384, "latent_dim": 16}
+QUICK = {"preset": "debug", "grid": [8, 8], "batch": 2, "vocab": 512, "latent_dim": 16}
+VARIANTS = {  # row suffix -> (constructor kwargs, generate kwargs) it sets
+    "uncached": ({}, {"use_cache": False}),
+    "skip_masked": ({"skip_masked": True}, {}),
+}
+CACHE_PAIR = ("next_token", "next_token[uncached]")  # --compare-cache: the script's former output
+NUM_CLASSES = 1000  # ImageNet's classes
 
 
-def main() -> None:
+class Row(NamedTuple):
+    """One benchmark row: a unit, possibly a variant of it (`next_token[uncached]`)."""
+
+    name: str
+    unit: str
+    unit_kwargs: dict = {}  # noqa: RUF012 (never mutated)
+    generate_kwargs: dict = {}  # noqa: RUF012
+
+
+def accepts(cls: type, method: str, name: str) -> bool:
+    """Whether `cls.method` takes the keyword `name`, following **kwargs up to the base classes."""
+    for klass in cls.__mro__:
+        if method not in vars(klass):
+            continue
+        params = inspect.signature(vars(klass)[method]).parameters
+        if name in params:
+            return True
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return False
+    return False
+
+
+def parse_row(name: str) -> Row:
+    """`unit` or `unit[variant]` -> Row; ConfigError for unknown units and unsupported variants."""
+    unit, bracket, rest = name.partition("[")
+    if unit not in UNITS:
+        raise ConfigError(f"unknown unit '{unit}' in --units; choose from {sorted(UNITS)} or 'all'")
+    if not bracket:
+        return Row(name, unit)
+    variant = rest[:-1]
+    if not rest.endswith("]") or variant not in VARIANTS:
+        raise ConfigError(f"unknown variant in --units {name}; variants: {[f'[{v}]' for v in VARIANTS]}")
+    unit_kwargs, generate_kwargs = VARIANTS[variant]
+    missing = [k for k in unit_kwargs if not accepts(UNITS[unit], "__init__", k)]
+    missing += [k for k in generate_kwargs if not accepts(UNITS[unit], "generate", k)]
+    if missing:
+        raise ConfigError(f"--units {name}: the installed {unit} unit has no '{missing[0]}' option")
+    return Row(name, unit, dict(unit_kwargs), dict(generate_kwargs))
+
+
+def all_rows() -> list[str]:
+    """Every registered unit, plus masked_ar[skip_masked] where MaskedAR has that option."""
+    names = []
+    for unit in UNITS:
+        names.append(unit)
+        if unit == "masked_ar" and accepts(UNITS[unit], "__init__", "skip_masked"):
+            names.append("masked_ar[skip_masked]")
+    return names
+
+
+def resolve_rows(units: list[str], compare_cache: bool) -> list[Row]:
+    """The rows of `--units` (names or 'all'), with next_token and next_token[uncached] if asked."""
+    names = [n for item in units for n in (all_rows() if item == "all" else [item])]
+    if compare_cache:
+        names += list(CACHE_PAIR)
+    return [parse_row(name) for name in dict.fromkeys(names)]  # in order, without repeats
+
+
+def parse_unit_kwargs(text: str, rows: list[Row]) -> dict[str, dict]:
+    """`--unit-kwargs` JSON -> constructor overrides per row: keyed by unit/row names, or one dict for all."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(
+            f'--unit-kwargs is not valid JSON ({err}); e.g. \'{{"masked_ar": {{"steps": 16}}}}\''
+        ) from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"--unit-kwargs must be a JSON object, got {text!r}")
+    names = set(UNITS) | {row.name for row in rows}
+    if not (value and all(key in names for key in value)):
+        return {row.name: dict(value) for row in rows}
+    bad = [key for key, kwargs in value.items() if not isinstance(kwargs, dict)]
+    if bad:
+        raise ConfigError(f"--unit-kwargs['{bad[0]}'] must be an object of constructor arguments")
+    return {row.name: {**value.get(row.unit, {}), **value.get(row.name, {})} for row in rows}
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", default="B", help="trunk preset")
-    parser.add_argument("--grid", type=int, nargs=2, default=(16, 16), help="token grid (256 tokens)")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--vocab", type=int, default=16384, help="LlamaGen's VQ-16 codebook size")
+    parser.add_argument("--units", nargs="+", default=["all"], help="unit names, unit[variant], or all")
+    parser.add_argument("--unit-kwargs", default="{}", help="JSON constructor overrides (by unit or for all)")
+    parser.add_argument(
+        "--compare-cache", action="store_true", help="add next_token[uncached]: the cache's speed-up"
+    )
+    parser.add_argument("--preset", choices=sorted(TRUNK_PRESETS), help="trunk preset (default B)")
+    parser.add_argument("--grid", type=int, nargs=2, metavar=("H", "W"), help="token grid (default 16 16)")
+    parser.add_argument("--batch", type=int, help="images per generate call (default 8)")
+    parser.add_argument("--vocab", type=int, help="discrete units' vocabulary (default 16384)")
+    parser.add_argument("--latent-dim", type=int, help="continuous units' latent channels (default 16)")
+    parser.add_argument("--cfg-scale", type=float, default=2.0, help="guidance scale; 1 turns CFG off")
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    parser.add_argument("--warmup", type=int, default=1, help="untimed generate calls of one image first")
+    parser.add_argument("--copy-mb", type=int, default=256, help="size of the bandwidth copy (MB)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="debug trunk, 8x8 grid, batch 2, vocab 512")
+    parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    return parser
 
-    torch.manual_seed(0)
-    config = trunk_config(args.preset)
-    trunk = Trunk(config).to(args.device).eval()
-    unit = build_unit("next_token", d_model=config.d_model, grid=tuple(args.grid), vocab_size=args.vocab)
-    unit = unit.to(args.device).eval()
-    cond = ClassCondition(1000, config.d_model).to(args.device).eval()
-    c = cond.for_sampling(torch.arange(args.batch, device=args.device), guided=False).tokens
-    n_tokens = args.batch * unit.seq_len
-    params = sum(p.numel() for p in [*trunk.parameters(), *unit.parameters(), *cond.parameters()])
-    print(
-        f"preset {args.preset} ({params / 1e6:.1f}M params), {unit.seq_len} tokens, batch {args.batch}, "
-        f"{torch.get_num_threads()} threads on {args.device}"
-    )
 
-    warmup = build_unit("next_token", d_model=config.d_model, grid=(1, 2), vocab_size=args.vocab).to(
-        args.device
-    )
-    warmup.load_state_dict(unit.state_dict())
-    for use_cache in (True, False):  # first calls pay one-off allocation and dispatch costs
-        warmup.generate(trunk, c, (1, 2), Sampler(seed=0), use_cache=use_cache)
+def fill_defaults(args: argparse.Namespace) -> None:
+    """Unset scale options take the --quick or the preset-B values; ConfigError on impossible ones."""
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.batch < 1 or min(args.grid) < 1 or args.vocab < 2 or args.latent_dim < 1:
+        raise ConfigError(f"need --batch, --grid, --latent-dim >= 1 and --vocab >= 2, got {vars(args)}")
+    if args.warmup < 0 or args.copy_mb < 1:
+        raise ConfigError(f"need --warmup >= 0 and --copy-mb >= 1, got {args.warmup} and {args.copy_mb}")
 
-    results = {}
-    for name, use_cache in [("cached", True), ("uncached", False)]:
-        start = time.perf_counter()
-        tokens = unit.generate(trunk, c, tuple(args.grid), Sampler(seed=0), use_cache=use_cache)
-        seconds = time.perf_counter() - start
-        results[name] = {"seconds": seconds, "tokens_per_s": n_tokens / seconds, "tokens": tokens}
-        print(f"{name:>8}: {seconds:8.2f} s  {n_tokens / seconds:8.1f} tokens/s")
-    assert torch.equal(results["cached"]["tokens"], results["uncached"]["tokens"])
-    ratio = results["cached"]["tokens_per_s"] / results["uncached"]["tokens_per_s"]
-    print(f"KV-cache speed-up: {ratio:.1f}x tokens/s (cached / uncached, same run)")
-    summary = {k: {"seconds": v["seconds"], "tokens_per_s": v["tokens_per_s"]} for k, v in results.items()}
-    print(
-        json.dumps(
-            {"preset": args.preset, "batch": args.batch, "tokens": unit.seq_len, **summary, "speedup": ratio}
+
+class Bench:
+    """The shared trunk and class condition, the measured machine, and the generate loop of a row."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device):
+        self.args, self.device, self.grid = args, device, tuple(args.grid)
+        torch.manual_seed(args.seed)
+        self.config = trunk_config(args.preset)
+        self.trunk = Trunk(self.config).to(device).eval()
+        self.cond = ClassCondition(NUM_CLASSES, self.config.d_model).to(device).eval()
+        self.guided = args.cfg_scale != 1.0
+        rows = args.batch * (2 if self.guided else 1)
+        widest = self.trunk.blocks[0].ffn.w_gate_up.out_features
+        self.matmul = (rows * (math.prod(self.grid) + 1), self.config.d_model, widest)  # a full guided pass
+        self.machine = Machine.measure(device, self.matmul, args.copy_mb)
+
+    def build(self, row: Row, overrides: dict) -> torch.nn.Module:
+        """The row's unit at this scale, randomly initialised."""
+        cls = UNITS[row.unit]
+        continuous = cls.token_kinds[0] == "continuous"  # masked_ar models both: MAR's latents
+        size = {"latent_dim": self.args.latent_dim} if continuous else {"vocab_size": self.args.vocab}
+        torch.manual_seed(self.args.seed)
+        try:
+            unit = build_unit(
+                row.unit,
+                d_model=self.config.d_model,
+                grid=self.grid,
+                **size,
+                **{**row.unit_kwargs, **overrides},
+            )
+        except TypeError as err:
+            raise ConfigError(f"--unit-kwargs for {row.name}: {err}") from None
+        return unit.to(self.device).eval()
+
+    def generate(self, unit: torch.nn.Module, row: Row, batch: int) -> torch.Tensor:
+        labels = torch.arange(batch, device=self.device) % NUM_CLASSES
+        cond = self.cond.for_sampling(labels, guided=self.guided).tokens  # (2B or B, 1, D)
+        sampler = Sampler(cfg_scale=self.args.cfg_scale, seed=self.args.seed)
+        return unit.generate(self.trunk, cond, self.grid, sampler, **row.generate_kwargs)
+
+    def measure(self, row: Row, unit: torch.nn.Module) -> tuple[dict, torch.Tensor]:
+        """Warm up, then time one generate call of the batch with every call recorded."""
+        for _ in range(self.args.warmup):  # first calls pay allocation, dispatch and kernel compilation
+            self.generate(unit, row, 1)
+        with CallRecorder(self.trunk, unit) as recorder:
+            synchronize(self.device)
+            start = time.perf_counter()
+            tokens = self.generate(unit, row, self.args.batch)
+            synchronize(self.device)
+            seconds = time.perf_counter() - start
+        return self.summary(row, unit, recorder, seconds), tokens
+
+    def summary(self, row: Row, unit: torch.nn.Module, recorder: CallRecorder, seconds: float) -> dict:
+        machine, batch = self.machine, self.args.batch
+        costs = recorder.costs()
+        bounds = [
+            (call.module == "trunk", cost.memory_bound(machine), cost.bound(machine)) for call, cost in costs
+        ]
+        bound = sum(b for _, _, b in bounds)
+        memory = sum(b for _, is_memory, b in bounds if is_memory)
+        passes = [is_memory for is_trunk, is_memory, _ in bounds if is_trunk]
+        params = sum(p.numel() for m in (self.trunk, unit, self.cond) for p in m.parameters())
+        return {
+            "unit": row.name,
+            "preset": self.args.preset,
+            "grid": list(self.grid),
+            "batch": batch,
+            "cfg_scale": self.args.cfg_scale,
+            "device": str(self.device),
+            "threads": torch.get_num_threads(),
+            "params_m": params / 1e6,
+            "passes_per_image": len(passes),
+            "num_steps": unit.num_steps(self.grid),
+            "seconds": seconds,
+            "seconds_per_image": seconds / batch,
+            "tokens_per_s": batch * math.prod(self.grid) / seconds,
+            "bound": "memory" if memory >= bound - memory else "compute",
+            "memory_bound_passes": sum(passes),
+            "compute_bound_passes": len(passes) - sum(passes),
+            "bound_seconds_per_image": bound / batch,
+            "trunk_bound_seconds": sum(b for is_trunk, _, b in bounds if is_trunk),
+            "head_bound_seconds": sum(b for is_trunk, _, b in bounds if not is_trunk),
+            "fraction_of_bound": bound / seconds,
+            "gbytes": sum(cost.bytes for _, cost in costs) / 1e9,
+            "gflops": sum(cost.flops for _, cost in costs) / 1e9,
+            "bandwidth_gb_s": machine.bandwidth / 1e9,
+            "matmul_tflop_s": machine.throughput / 1e12,
+            "matmul_shape": list(self.matmul),
+        }
+
+
+def markdown(results: list[dict], header: str) -> str:
+    lines = [
+        header,
+        "",
+        "| unit | passes / image | s / image | bound | bound s / image | fraction of bound "
+        "| passes memory / compute | heads' part of the bound |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        heads = r["head_bound_seconds"] / (r["head_bound_seconds"] + r["trunk_bound_seconds"])
+        lines.append(
+            f"| {r['unit']} | {r['passes_per_image']} | {r['seconds_per_image']:.4g} | {r['bound']} | "
+            f"{r['bound_seconds_per_image']:.3g} | {r['fraction_of_bound']:.3f} | "
+            f"{r['memory_bound_passes']} / {r['compute_bound_passes']} | {heads:.2f} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def compare_cache(results: dict[str, dict], tokens: dict[str, torch.Tensor]) -> None:
+    """Once both next_token rows ran (the former output): the uncached row gets the KV cache's speed-up
+    and whether both drew the same tokens."""
+    cached, uncached = CACHE_PAIR
+    if not all(name in results for name in CACHE_PAIR):
+        return
+    row = results[uncached]
+    row["cache_speedup"] = row["seconds"] / results[cached]["seconds"]
+    row["same_tokens"] = bool(torch.equal(tokens[cached], tokens[uncached]))
+    print(
+        f"KV-cache speed-up: {row['cache_speedup']:.1f}x tokens/s (cached / uncached, same run); "
+        f"same tokens: {row['same_tokens']}",
+        file=sys.stderr,
     )
+
+
+def run_rows(bench: Bench, rows: list[Row], overrides: dict[str, dict]) -> dict[str, dict]:
+    """Measure every row, printing its JSON line as soon as it is done."""
+    results, drawn = {}, {}
+    for row in rows:
+        unit = bench.build(row, overrides[row.name])
+        result, tokens = bench.measure(row, unit)
+        results[row.name] = result
+        if row.name in CACHE_PAIR:
+            drawn[row.name] = tokens
+            compare_cache(results, drawn)
+        print(
+            f"{row.name:>24}: {result['passes_per_image']:5d} passes, "
+            f"{result['seconds_per_image']:.4g} s/image, {result['bound']}-bound at "
+            f"{result['fraction_of_bound']:.3f} of the bound",
+            file=sys.stderr,
+        )
+        print(json.dumps(result), flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        fill_defaults(args)
+        device = device_of(args.device)
+        rows = resolve_rows(args.units, args.compare_cache)
+        overrides = parse_unit_kwargs(args.unit_kwargs, rows)
+        bench = Bench(args, device)
+        header = (
+            f"preset {args.preset}, grid {args.grid[0]}x{args.grid[1]}, batch {args.batch}, CFG "
+            f"{args.cfg_scale:g}, {device} ({torch.get_num_threads()} threads); copy bandwidth "
+            f"{bench.machine.bandwidth / 1e9:.3g} GB/s, fp32 matmul {bench.machine.throughput / 1e12:.3g} "
+            f"TFLOP/s at {list(bench.matmul)}"
+        )
+        print(header, file=sys.stderr)
+        results = list(run_rows(bench, rows, overrides).values())
+    except ConfigError as err:
+        parser.error(str(err))
+    table = markdown(results, header)
+    print(table, file=sys.stderr)
+    if args.markdown is not None:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(table)
+    return results
 
 
 if __name__ == "__main__":
