@@ -224,7 +224,7 @@ def main(argv=None) -> None:
     p.add_argument("--tokenizer-recipes", nargs="*", default=TOKENIZER_RECIPES)
     p.add_argument("--recipes", nargs="*", default=RECIPES)
     p.add_argument("--tokenizer-minutes", type=float, default=10.0, help="training budget per tokenizer")
-    p.add_argument("--budget-minutes", type=float, default=12.0, help="training budget per generator")
+    p.add_argument("--budget-minutes", type=float, default=20.0, help="training budget per generator")
     p.add_argument("--skip-training", action="store_true", help="score what is already trained")
     p.add_argument("--per-class", type=int, default=20, help="clips per pitch class (12 classes)")
     p.add_argument("--num-clips", type=int, default=240, help="held-out notes (reconstruction, continuation)")
