@@ -24,6 +24,7 @@ from tqdm import tqdm
 from mmar.errors import ConfigError, run_or_exit
 from mmar.lit.loading import load_generator
 from mmar.sampling import add_sampler_arguments, sampler_from_arguments
+from mmar.trunk import PassCounter
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,9 +51,11 @@ def run(args: argparse.Namespace) -> dict:
     sampler = sampler_from_arguments(args)
     labels = torch.tensor(classes).repeat_interleave(args.per_class)  # (N,) grouped by class
     images, start = [], time.perf_counter()
-    for i, batch in enumerate(tqdm(labels.split(args.batch_size), desc="sampling", unit="batch")):
-        sampler.seed = args.seed + i
-        images.append(model.generate(batch, sampler).float().clamp(-1, 1).cpu())
+    batches = labels.split(args.batch_size)
+    with PassCounter(model.trunk) as counter:  # measured: speculative decoding makes fewer than N passes
+        for i, batch in enumerate(tqdm(batches, desc="sampling", unit="batch")):
+            sampler.seed = args.seed + i
+            images.append(model.generate(batch, sampler).float().clamp(-1, 1).cpu())
     seconds = time.perf_counter() - start
     images = torch.cat(images)  # (N, C, H, W) in [-1, 1]
 
@@ -70,6 +73,7 @@ def run(args: argparse.Namespace) -> dict:
         "num_images": len(images),
         "sampler": {**asdict(sampler), "seed": args.seed},
         "forward_passes_per_image": model.unit.num_steps(model.grid),
+        "trunk_passes_per_batch": counter.count / len(batches),
         "sampling_seconds": seconds,
         "images_per_second": len(images) / seconds,
     }
