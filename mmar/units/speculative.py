@@ -15,10 +15,12 @@ positions the pass predicted beyond the decoded ones get new drafts drawn from t
 iteration: these p become the next pass's q), and the window is refilled with uniform drafts (q = 1/V).
 The rejected drafts' keys and values leave the cache (`KVCache.truncate`).
 
-A batch moves together: each pass keeps the fewest drafts any row accepted, plus the token every row
-draws after them (its accepted draft or its residual draw). This stays exact: each row's kept tokens are
-a speculative-sampling prefix whose every token, given everything decided before it, follows p. The CFG
-batch feeds the same drafts to both halves and accepts on the guided p.
+Rows accept different numbers of drafts (ragged acceptance) while the KV cache stays aligned: the cache
+keeps the tokens every row has decided (the fewest accepted drafts of any row, plus each row's next
+token), and a row that decided more carries its extra tokens at the head of its next window as "sure"
+drafts, fed again and accepted without a test. No row loses what it decided and each row's tokens remain
+its own speculative-sampling chain, so the output stays exact. The CFG batch feeds the same drafts to
+both halves and accepts on the guided p.
 
 LANTERN ("lantern") accepts draft x with probability min(1, p~(x) / q(x)), where p~(x) adds to p(x) the
 probability of x's nearest codes in latent space (its `lantern_k` neighbours, nearest first) for as long
@@ -108,6 +110,43 @@ def _uniform_drafts(
     return draw(q, generator), q
 
 
+def _verify(
+    p: torch.Tensor,
+    q: torch.Tensor,
+    drafts: torch.Tensor,
+    target: torch.Tensor,
+    sure: torch.Tensor,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass's speculative sampling, row by row.
+
+    Args:
+        p: targets [B, F + 1, V] of the window's positions (F + 1 >= W: one more when it fits in N).
+        q: the drafts' proposals [B, W, V].
+        drafts: ids [B, W].
+        target: p(x) of each draft (or LANTERN's p~(x)) [B, W].
+        sure: [B, W] drafts decided in an earlier pass, accepted without a test.
+        generator: the call's random stream.
+
+    Returns:
+        first [B]: each row's drafts accepted before its first rejection, and decided ids [B, W + 1]: a
+        row's first first + 1 are its decided tokens, the accepted drafts and then its next token (drawn
+        from the residual where the row rejected, from the target after a fully accepted window).
+    """
+    rows, width = drafts.shape
+    proposal = q.gather(-1, drafts[..., None])[..., 0]  # (B, W): q(x)
+    uniform = torch.rand(rows, width, generator=generator, device=drafts.device)  # (B, W)
+    accepted = accept_drafts(target, proposal, uniform) | sure  # (B, W)
+    first = accepted.long().cumprod(1).sum(1)  # (B,)
+    index = torch.arange(rows, device=drafts.device)
+    p_next = p[index, first.clamp(max=p.shape[1] - 1)]  # (B, V)
+    q_next = q[index, first.clamp(max=width - 1)]  # (B, V)
+    rejected = (first < width)[:, None]  # (B, 1)
+    own = draw(torch.where(rejected, residual(p_next, q_next), p_next), generator)  # (B,)
+    decided = torch.cat([drafts, own[:, None]], dim=1).scatter(1, first[:, None], own[:, None])
+    return first, decided  # (B,), (B, W + 1)
+
+
 def speculative_generate(
     unit: NextToken,
     trunk: Trunk,
@@ -165,6 +204,7 @@ def speculative_generate(
     drafts, q = _uniform_drafts(
         rows, torch.arange(done, min(done + window, n), device=device), vocab, pins, generator
     )
+    sure = torch.zeros_like(drafts, dtype=torch.bool)  # (B, width): tokens a row decided in an earlier pass
     while done < n:
         width = drafts.shape[1]  # drafts of positions done .. done + width - 1
         fed = width if done + width < n else width - 1  # the last position's input would predict past N
@@ -183,19 +223,13 @@ def speculative_generate(
             target = relaxed_probability(p[:, :width], drafts, neighbours, delta)  # (B, width): p~(x)
         else:
             target = p[:, :width].gather(-1, drafts[..., None])[..., 0]  # (B, width): p(x)
-        proposal = q.gather(-1, drafts[..., None])[..., 0]  # (B, width): q(x)
-        uniform = torch.rand(rows, width, generator=generator, device=device)  # (B, width)
-        accepted = accept_drafts(target, proposal, uniform)  # (B, width)
-        a = int(accepted.long().cumprod(1).sum(1).min())  # drafts every row accepted
-        tokens[:, done : done + a] = drafts[:, :a]
-        if done + a == n:
+        first, decided = _verify(p, q, drafts, target, sure, generator)  # (B,), (B, width + 1)
+        a = int(first.min())
+        step = min(a + 1, n - done)  # tokens every row has decided
+        tokens[:, done : done + step] = decided[:, :step]
+        if done + step == n:
             break
-        if a < width:  # rows that rejected draft a draw it from the residual, the others keep it
-            redrawn = draw(residual(p[:, a], q[:, a]), generator)  # (B,)
-            token = torch.where(accepted[:, a], drafts[:, a], redrawn)
-        else:  # every draft accepted: the next position from its target
-            token = draw(p[:, a], generator)  # (B,)
-        tokens[:, done + a] = token
+        token = decided[:, a]  # (B,)
         kept = pending.shape[1] + a  # inputs whose keys and values stay: the pending ones, accepted drafts
         embedded = head.embed(both(token))[:, None]  # (B', 1, D)
         if use_cache:
@@ -206,8 +240,12 @@ def speculative_generate(
         done += a + 1
 
         carried = p[:, a + 1 :]  # (B, fed - a, V): targets of the next positions given the old drafts
+        ahead = (first - a).clamp(max=n - done)[:, None]  # (B, 1) tokens a row decided past the step
+        kept_ahead = torch.arange(carried.shape[1], device=device) < ahead  # (B, fed - a)
+        carried_drafts = torch.where(kept_ahead, decided[:, a + 1 : fed + 1], draw(carried, generator))
         fresh = torch.arange(done + carried.shape[1], min(done + window, n), device=device)
         fresh_drafts, fresh_q = _uniform_drafts(rows, fresh, vocab, pins, generator)
-        drafts = torch.cat([draw(carried, generator), fresh_drafts], dim=1)  # (B, width')
+        drafts = torch.cat([carried_drafts, fresh_drafts], dim=1)  # (B, width')
         q = torch.cat([carried, fresh_q], dim=1)  # (B, width', V)
+        sure = torch.cat([kept_ahead, torch.zeros_like(fresh_drafts, dtype=torch.bool)], dim=1)
     return tokens
