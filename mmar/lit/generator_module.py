@@ -264,7 +264,7 @@ class GeneratorModule(LightningModule):
         tokenizer = self.tokenizer
         if (
             not hasattr(tokenizer, "codes_from_ids")
-            or tokenizer.token_shape != ()
+            or tuple(tokenizer.token_shape) != ()
             or self.pattern.name != "stack"
         ):
             return None

@@ -1,9 +1,11 @@
 """Speculative Jacobi decoding (SJD) and LANTERN's relaxed acceptance for the next-token units: SJD samples
-follow the model's exact joint distribution (chi-square against enumeration, with a wrong acceptance rule
-shown to fail), greedy SJD equals greedy decoding, passes <= N (< N on a peaked model), the KV cache rolls
-back, LANTERN with delta = 0 is SJD and accepts at least as much, random_order, prefix and fixed work."""
+(batches with ragged acceptance, CFG, top-k) follow the model's exact joint distribution (chi-square
+against enumeration, with wrong rules shown to fail), greedy SJD equals greedy decoding, passes <= N (< N
+on a peaked model), the KV cache rolls back, LANTERN with delta = 0 is SJD and accepts at least as much,
+random_order, padded text conditions, prefix and fixed work."""
 
 import itertools
+from dataclasses import replace
 
 import pytest
 import torch
@@ -97,18 +99,18 @@ def test_sjd_samples_follow_the_exact_joint_distribution(monkeypatch):
     _, joint = exact_joint(trunk, unit, cond, 1, sampler)
     assert joint.sum().item() == pytest.approx(1.0, abs=1e-5)
     with PassCounter(trunk) as counter:
-        counts = sjd_counts(trunk, unit, cond, 1, sampler, calls=1000, rows=3)
-    assert counter.count < 1000 * 3  # several tokens per pass: the multi-token paths were exercised
+        counts = sjd_counts(trunk, unit, cond, 1, sampler, calls=600, rows=5)
+    assert counter.count < 600 * 4 * 0.85  # several tokens per pass: the multi-token paths were exercised
     assert chi_square_pvalue(counts, joint) > 1e-3
 
-    # the test has power: wrong rules fail it on fewer samples, accepting every draft and, subtler,
-    # drawing a rejected position from p instead of the residual norm(max(0, p - q))
+    # the test has power: wrong rules fail it (p < 1e-3) on fewer samples, accepting every draft and,
+    # subtler, drawing a rejected position from p instead of the residual norm(max(0, p - q))
     with monkeypatch.context() as patch:
         patch.setattr(speculative, "accept_drafts", lambda target, proposal, uniform: target >= 0)
-        assert chi_square_pvalue(sjd_counts(trunk, unit, cond, 1, sampler, calls=200, rows=4), joint) < 1e-6
+        assert chi_square_pvalue(sjd_counts(trunk, unit, cond, 1, sampler, calls=100, rows=6), joint) < 1e-3
     with monkeypatch.context() as patch:
         patch.setattr(speculative, "residual", lambda p, q: p)
-        assert chi_square_pvalue(sjd_counts(trunk, unit, cond, 1, sampler, calls=200, rows=6), joint) < 1e-6
+        assert chi_square_pvalue(sjd_counts(trunk, unit, cond, 1, sampler, calls=150, rows=8), joint) < 1e-3
 
 
 @torch.no_grad()
@@ -116,7 +118,7 @@ def test_unguided_sjd_with_a_full_window_is_exact():
     trunk, unit, cond = tiny_model(grid=(3,), vocab=4, seed=1)  # 64 sequences, window > N
     sampler = Sampler(temperature=1.2, speculative="sjd", window=8)
     _, joint = exact_joint(trunk, unit, cond, 4, sampler)
-    assert chi_square_pvalue(sjd_counts(trunk, unit, cond, 4, sampler, calls=500, rows=4), joint) > 1e-3
+    assert chi_square_pvalue(sjd_counts(trunk, unit, cond, 4, sampler, calls=250, rows=8), joint) > 1e-3
 
 
 @pytest.mark.parametrize("settings", [dict(temperature=0), dict(top_k=1, cfg_scale=3.0)])
@@ -149,6 +151,24 @@ def test_passes_fewer_than_tokens_on_a_peaked_model_and_never_more():
         tokens = unit.generate(trunk, c, (4, 5), Sampler(seed=0, speculative="sjd", window=8))
     assert (tokens == 7).float().mean() > 0.9
     assert counter.count <= 6  # of 20 tokens
+
+
+@torch.no_grad()
+def test_sjd_reads_padded_text_conditions():
+    trunk, unit, _ = tiny_model(grid=(3, 4), vocab=17)
+    c = torch.randn(4, 3, D)  # (2B, n, D): a left-padded caption batch and its null rows
+    valid = torch.tensor(
+        [[False, True, True], [True, True, True], [False, False, True], [False, False, True]]
+    )
+    padded = trunk.with_prefix_padding(valid)
+    greedy = Sampler(temperature=0, cfg_scale=2.0)
+    expected = unit.generate(padded, c, (3, 4), greedy)
+    assert torch.equal(
+        unit.generate(padded, c, (3, 4), replace(greedy, speculative="sjd", window=5)), expected
+    )
+    sampler = Sampler(seed=0, cfg_scale=2.0, speculative="sjd", window=5)
+    cached = unit.generate(padded, c, (3, 4), sampler)
+    assert torch.equal(cached, unit.generate(padded, c, (3, 4), sampler, use_cache=False))
 
 
 @torch.no_grad()
@@ -203,7 +223,7 @@ def test_random_order_sjd_is_exact():
     trunk, unit, cond = tiny_model("random_order", grid=(3,), vocab=4, seed=2)
     sampler = Sampler(speculative="sjd", window=2)
     _, joint = exact_joint(trunk, unit, cond, 3, sampler)
-    assert chi_square_pvalue(sjd_counts(trunk, unit, cond, 3, sampler, calls=500, rows=4), joint) > 1e-3
+    assert chi_square_pvalue(sjd_counts(trunk, unit, cond, 3, sampler, calls=250, rows=8), joint) > 1e-3
 
 
 def test_lantern_relaxed_probability_and_acceptance():
