@@ -10,6 +10,9 @@ scale at that point follows one of these schedules (s = `cfg_scale`, p = progres
 - "interval": s for lo <= p <= hi, else 1               (guidance in a limited interval)
 
 The CFG batch is `cat([cond, null])` (LlamaGen): the first half of the logits is conditional.
+
+`speculative` switches the next-token units to speculative Jacobi decoding (`mmar.units.speculative`):
+"sjd" keeps the model's distribution exactly, "lantern" relaxes the acceptance for more tokens per pass.
 """
 
 from __future__ import annotations
@@ -21,14 +24,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from mmar.errors import ConfigError
-from mmar.kernels import sample
+from mmar.kernels import cfg_mix, filter_logits, sample
 from mmar.trunk import PassCounter
 
 CFG_SCHEDULES = ("constant", "linear", "cosine", "interval")
 FLOW_SOLVERS = ("euler", "euler_maruyama")
+SPECULATIVE_MODES = ("sjd", "lantern")
 
 
 @dataclass
@@ -55,6 +60,15 @@ class Sampler:
     """Continuous heads: ODE (euler) or SDE (euler_maruyama) integration of the flow from noise to data."""
     flow_noise: float = 1.0
     """Continuous heads: the Euler-Maruyama noise level gamma (diffusion g(t)^2 = 2 gamma t)."""
+    speculative: str | None = None
+    """Next-token units: None (one token per trunk pass), "sjd" (speculative Jacobi decoding, exact) or
+    "lantern" (SJD with LANTERN's relaxed acceptance)."""
+    window: int = 16
+    """Speculative decoding: draft tokens verified per trunk pass."""
+    lantern_k: int = 1000
+    """LANTERN: a draft's nearest codes (by latent distance) that may lend it their probability."""
+    lantern_delta: float = 0.1
+    """LANTERN: the total-variation budget, the most probability a draft may borrow from its neighbours."""
 
     def __post_init__(self):
         if self.cfg_schedule not in CFG_SCHEDULES:
@@ -69,6 +83,17 @@ class Sampler:
                 f"invalid sampler settings (temperature={self.temperature}, top_k={self.top_k}, "
                 f"top_p={self.top_p}, min_p={self.min_p}): need temperature >= 0, top_k >= 0, "
                 "0 < top_p <= 1, 0 <= min_p <= 1"
+            )
+        if self.speculative is not None and self.speculative not in SPECULATIVE_MODES:
+            raise ConfigError(
+                f"unknown speculative decoding '{self.speculative}'; choose one of {SPECULATIVE_MODES} "
+                "or None"
+            )
+        if self.window < 1 or self.lantern_k < 1 or not 0 <= self.lantern_delta <= 1:
+            raise ConfigError(
+                f"invalid speculative settings (window={self.window}, lantern_k={self.lantern_k}, "
+                f"lantern_delta={self.lantern_delta}): need window >= 1, lantern_k >= 1, "
+                "0 <= lantern_delta <= 1"
             )
 
     @property
@@ -123,6 +148,19 @@ class Sampler:
             generator=generator,
         )
 
+    def probs(self, logits: torch.Tensor, progress: float | torch.Tensor = 0.0) -> torch.Tensor:
+        """The distribution `pick` draws from, after guidance, temperature and the filters (one-hot on the
+        argmax at temperature 0): logits [B, ..., V] (or the CFG batch [2B, ..., V], cond first) ->
+        probabilities [B, ..., V] (fp32). `progress` is one float, one per row [B] for logits [B, V], or
+        one per position [T] for logits [B, T, V]."""
+        logits = logits.float()
+        if self.guided:
+            cond, uncond = logits.chunk(2)
+            logits = cfg_mix(cond, uncond, self.scales(progress))
+        if self.temperature == 0:
+            return F.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+        return filter_logits(logits / self.temperature, self.top_k, self.top_p, self.min_p).softmax(-1)
+
 
 def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     """The sampler's command-line options, shared by the sampling scripts (see `sampler_from_arguments`)."""
@@ -136,6 +174,12 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg-interval", type=float, nargs=2, default=(0.0, 1.0))
     parser.add_argument("--flow-solver", default="euler", choices=FLOW_SOLVERS, help="continuous heads")
     parser.add_argument("--flow-noise", type=float, default=1.0, help="Euler-Maruyama noise level")
+    parser.add_argument(
+        "--speculative", choices=SPECULATIVE_MODES, help="next-token units: speculative Jacobi decoding"
+    )
+    parser.add_argument("--window", type=int, default=16, help="speculative draft tokens per trunk pass")
+    parser.add_argument("--lantern-k", type=int, default=1000, help="LANTERN: neighbours per code")
+    parser.add_argument("--lantern-delta", type=float, default=0.1, help="LANTERN: total-variation budget")
 
 
 def sampler_from_arguments(args: argparse.Namespace) -> Sampler:
@@ -151,6 +195,10 @@ def sampler_from_arguments(args: argparse.Namespace) -> Sampler:
         cfg_interval=tuple(args.cfg_interval),
         flow_solver=args.flow_solver,
         flow_noise=args.flow_noise,
+        speculative=args.speculative,
+        window=args.window,
+        lantern_k=args.lantern_k,
+        lantern_delta=args.lantern_delta,
     )
 
 

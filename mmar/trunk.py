@@ -108,6 +108,13 @@ class KVCache:
         self.v[layer][:, :, self.length : end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    def truncate(self, length: int) -> None:
+        """Roll back to the first `length` filled slots (speculative decoding drops rejected drafts): the
+        slots after them are never read again and the next `update` overwrites them."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a KV cache of {self.length} filled slots to {length}")
+        self.length = length
+
 
 class Attention(nn.Module):
     def __init__(self, config: TrunkConfig):

@@ -27,6 +27,7 @@ from mmar.sampling import Sampler
 from mmar.tokenizer import load_tokenizer
 from mmar.trunk import Trunk, trunk_config
 from mmar.units import UNITS, build_unit
+from mmar.units.speculative import nearest_neighbours
 
 
 class GeneratorModule(LightningModule):
@@ -83,6 +84,7 @@ class GeneratorModule(LightningModule):
                 f"unknown prediction unit model.unit='{unit}'; registered units: {sorted(UNITS)}"
             )
         self.tokenizer = load_tokenizer(tokenizer).requires_grad_(False)
+        self._neighbour_tables: dict[int, torch.Tensor] = {}  # LANTERN's, by k (the tokenizer is frozen)
         if self.tokenizer.variable_length and not getattr(UNITS[unit], "supports_padding", False):
             padded = sorted(name for name, cls in UNITS.items() if getattr(cls, "supports_padding", False))
             raise ConfigError(
@@ -232,6 +234,14 @@ class GeneratorModule(LightningModule):
         latent frames of a video, a continuation or image-to-video prompt) the output starts with exactly
         those tokens and the unit generates the rest conditioned on them."""
         sampler = sampler or Sampler()
+        if sampler.speculative is not None:
+            if not self.unit.supports_speculative:
+                able = sorted(name for name, cls in UNITS.items() if cls.supports_speculative)
+                raise ConfigError(
+                    f"the {self.unit.name} unit has no speculative decoding; units that have: {able}"
+                )
+            if sampler.speculative == "lantern":
+                unit_kwargs.setdefault("neighbours", self._code_neighbours(sampler.lantern_k))
         if prefix is not None:
             if not self.unit.supports_prefix:
                 able = sorted(name for name, cls in UNITS.items() if cls.supports_prefix)
@@ -246,6 +256,23 @@ class GeneratorModule(LightningModule):
         cond = self.conditioning.for_sampling(conditions, sampler.guided)
         trunk = self.trunk.with_prefix_padding(cond.valid)
         return self.pattern.revert(self.unit.generate(trunk, cond.tokens, self.grid, sampler, **unit_kwargs))
+
+    def _code_neighbours(self, k: int) -> torch.Tensor | None:
+        """LANTERN's latent proximity: each code's k nearest codes in the tokenizer's latent space [V, k]
+        (computed once per k), or None when the tokenizer has no code vectors of one id per grid cell (the
+        unit then falls back to its input embeddings)."""
+        tokenizer = self.tokenizer
+        if (
+            not hasattr(tokenizer, "codes_from_ids")
+            or tuple(tokenizer.token_shape) != ()
+            or self.pattern.name != "stack"
+        ):
+            return None
+        if k not in self._neighbour_tables:
+            ids = torch.arange(tokenizer.vocab_size, device=self.device).view(1, 1, -1)  # (1, 1, V): one row
+            codes = tokenizer.codes_from_ids(ids)[0, :, 0].T  # (V, Z)
+            self._neighbour_tables[k] = nearest_neighbours(codes, k)
+        return self._neighbour_tables[k]
 
     @torch.no_grad()
     def continue_clips(

@@ -288,6 +288,11 @@ class StreamModule(LightningModule):
         Returns:
             ids [B, m'] (m' <= m when stopped early), in the stream vocabulary.
         """
+        if sampler.speculative is not None:
+            raise ConfigError(
+                "the unified stream model decodes one token per pass; speculative decoding is for the "
+                "next_token and random_order generators: drop --speculative"
+            )
         ids, positions, valid = (t.to(self.device) for t in pad(prompts, self.vocab.eos, left=True))
         rows, n = ids.shape
         if n + new_positions.shape[1] > self.hparams.context_length:

@@ -54,6 +54,8 @@ class PredictionUnit(nn.Module):
     """Tokenizer kinds ("discrete", "continuous") this unit can model."""
     supports_prefix: ClassVar[bool] = False
     """Whether `generate` takes `prefix` (continuation of given leading frames or rows)."""
+    supports_speculative: ClassVar[bool] = False
+    """Whether `generate` decodes by speculative Jacobi decoding when `sampler.speculative` is set."""
 
     def __init__(self, d_model: int, grid: tuple[int, ...], vocab_size: int | None = None):
         super().__init__()

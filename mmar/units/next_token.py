@@ -4,23 +4,28 @@ The sequence is `[cond, t_0, ..., t_{N-2}]` under a causal mask: the condition p
 first token and position i predicts token i. Image tokens carry their 2D (row, col) RoPE coordinates,
 condition tokens the zero rotation. Generation decodes one token per trunk call with a static KV cache:
 N forward passes for N tokens. Continuing a prefix of P given tokens (`prefix`: the first frames or rows)
-feeds them with the condition in one pass and decodes the rest: N - P passes.
+feeds them with the condition in one pass and decodes the rest: N - P passes. With
+`sampler.speculative` the tokens are decoded by speculative Jacobi decoding instead, several per pass
+(`mmar.units.speculative`).
 """
 
 from __future__ import annotations
 
 import torch
 
+from mmar.errors import ConfigError
 from mmar.heads import build_token_head
 from mmar.kernels import Causal
 from mmar.sampling import Sampler
 from mmar.trunk import Trunk
 from mmar.units.base import PredictionUnit, UnitBatch, grid_positions
+from mmar.units.speculative import speculative_generate
 
 
 class NextToken(PredictionUnit):
     name = "next_token"
     supports_prefix = True
+    supports_speculative = True
 
     def __init__(
         self,
@@ -65,6 +70,7 @@ class NextToken(PredictionUnit):
         teacher_prob: float = 0.0,
         prefix: torch.Tensor | None = None,
         fixed: tuple[torch.Tensor, torch.Tensor] | None = None,
+        neighbours: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Decode N tokens one by one. cond [B or 2B (CFG), n_cond, D] -> tokens [B, *grid].
 
@@ -78,8 +84,16 @@ class NextToken(PredictionUnit):
 
         `fixed` = (values, mask), both [B or 1, N, *token_shape], sets the masked entries to the given
         values instead of sampling them (the empty and given cells of a code pattern, `mmar.code_patterns`).
+
+        With `sampler.speculative` ("sjd" or "lantern") the tokens come from `speculative_generate`, at
+        most N passes; `neighbours` [V, >= lantern_k] is LANTERN's table of each code's nearest codes.
         """
         self.check_grid(grid)
+        if sampler.speculative is not None:
+            if teacher is not None:
+                raise ConfigError("teacher forcing decodes one token per pass: drop sampler.speculative")
+            tokens = speculative_generate(self, trunk, cond, sampler, use_cache, prefix, fixed, neighbours)
+            return tokens.unflatten(1, self.grid)  # (B, *grid)
         if teacher is not None:
             self.check_tokens(teacher)
             teacher = teacher.flatten(1, len(self.grid))  # (B, N, *token_shape)

@@ -1,6 +1,7 @@
 """GeneratorModule end to end on the debug tokenizer: training, checkpoint round trip, sampling script."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -75,6 +76,23 @@ def test_sample_script_writes_grid_and_metrics(trained, tmp_path, load_script):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_images"] == 4 and metrics["forward_passes_per_image"] == 64
     assert (out / "grid.png").stat().st_size > 0
+
+
+def test_sample_script_decodes_speculatively_in_fewer_passes(trained, tmp_path, load_script, monkeypatch):
+    model, ckpt = trained
+    out = tmp_path / "samples"
+    args = ["--ckpt", str(ckpt), "--out", str(out), "--per-class", "2", "--classes", "1", "2"]
+    load_script("sample").main([*args, "--speculative", "lantern", "--window", "8", "--lantern-k", "4"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["sampler"]["speculative"] == "lantern" and metrics["num_images"] == 4
+    assert metrics["trunk_passes_per_batch"] <= 64  # one batch; plain decoding makes 64 passes
+    assert model._code_neighbours(4).shape == (32, 4)  # LANTERN's neighbours: the VQ codes' latents
+    greedy = Sampler(temperature=0, cfg_scale=1.5)
+    plain = model.generate_tokens(torch.tensor([1, 2]), greedy)
+    assert torch.equal(model.generate_tokens(torch.tensor([1, 2]), replace(greedy, speculative="sjd")), plain)
+    monkeypatch.setattr(model.unit, "supports_speculative", False)  # as for units without it
+    with pytest.raises(ConfigError, match="has no speculative decoding; units that have"):
+        model.generate_tokens(torch.tensor([1]), Sampler(speculative="sjd"))
 
 
 def test_sample_script_missing_checkpoint_is_one_line_error(tmp_path, capsys, load_script):
