@@ -112,6 +112,11 @@ UNIT_CASES = {  # case -> (unit, tokenizer fixture, unit kwargs)
         "debug_kl_tokenizer",
         {"steps": 4, "head_width": 32, "head_depth": 1, "head_steps": 3},
     ),
+    "masked_ar_skip_masked": (
+        "masked_ar",
+        "debug_kl_tokenizer",
+        {"steps": 4, "head_width": 32, "head_depth": 1, "head_steps": 3, "skip_masked": True},
+    ),
     "masked_ar_tokenbridge": (
         "masked_ar",
         "debug_tokenbridge_tokenizer",

@@ -1,6 +1,6 @@
 """Hi-MAR: pivots are window averages at the windows' centres, training packs both phases into one
 sequence whose passes equal generation's, and generation makes the pivots first (pivot_steps), then the
-dense tokens (steps)."""
+dense tokens (steps); with skip_masked each phase's passes read its known and predicted tokens only."""
 
 import math
 
@@ -10,8 +10,9 @@ import torch
 from mmar.conditioning import ClassCondition
 from mmar.errors import ConfigError
 from mmar.sampling import Sampler
-from mmar.trunk import Trunk, trunk_config
+from mmar.trunk import PassCounter, Trunk, trunk_config
 from mmar.units import build_unit
+from mmar.units.masked_ar import masked_counts
 
 GRID, C, D = (4, 4), 3, 64
 
@@ -156,3 +157,62 @@ def test_pivot_guidance_zero_samples_the_pivots_unguided():
     assert out.shape == (2, *GRID, C)
     assert sum(n for n, _ in rows[:2]) == 2 * 4 and all(scale == 1.0 for _, scale in rows[:2])  # no null half
     assert sum(n for n, _ in rows[2:]) == 2 * 2 * 16  # the dense phase keeps its CFG batch
+
+
+# skip_masked: each phase's passes read its known tokens and those the step predicts
+
+
+def test_skip_masked_phases_pass_over_known_and_predicted_tokens():
+    trunk, unit, cond = setup(skip_masked=True)
+    lengths = []
+    trunk.register_forward_pre_hook(lambda module, args: lengths.append(args[0].shape[1]))
+    c = cond.for_sampling(torch.tensor([1, 2]), True).tokens
+    with PassCounter(trunk) as counter:
+        out = unit.generate(trunk, c, GRID, Sampler(cfg_scale=2.0, seed=0))
+    assert out.shape == (2, *GRID, C) and torch.isfinite(out).all()
+    assert counter.count == unit.num_steps(GRID) == 2 + 3
+    pivots = [1 + 4 - after for after in masked_counts(2, 4)[1:]]  # [cond, known pivots, predicted]
+    dense = [1 + 4 + 16 - after for after in masked_counts(3, 16)[1:]]  # [cond, pivots, known, predicted]
+    assert lengths == pivots + dense
+
+
+def test_skip_masked_training_phases_are_generation_passes():
+    trunk, unit, cond = setup(skip_masked=True)
+    x, c = torch.randn(3, *GRID, C), cond(torch.tensor([1, 2, 3])).tokens
+    torch.manual_seed(0)
+    batch = unit.prepare(x, c)
+    hidden = trunk(batch.inputs, batch.positions, batch.mask)[:, 1:]  # (B, L, D)
+    index, masked, predicted = (batch.extras[k] for k in ("index", "masked", "predicted"))
+    p, rows = unit.num_pivots, torch.arange(3)[:, None]
+    full = torch.cat([unit.pool(x), unit.pool(x), x.flatten(1, 2)], dim=1)  # (B, 2P + N, C)
+    seen = torch.zeros(3, 2 * p + 16, dtype=torch.bool)
+    seen[rows, index] = True
+    full_masked = ~seen
+    full_masked[rows, index] = masked  # (B, 2P + N): dropped or masked inputs
+    assert (
+        predicted[index < p].any()
+        and predicted[index >= 2 * p].any()
+        and not predicted[(index >= p) & (index < 2 * p)].any()
+    )  # both phases predict something; phase 2's pivots are clean
+    for part in (slice(0, p), slice(p, None)):  # phase 1: [cond, pivots]; phase 2: [cond, pivots, dense]
+        length = full[:, part].shape[1]
+        inputs, positions, mask, _, _ = unit.skip_layout(
+            c, full[:, part], full_masked[:, part], seen[:, part], *unit.decoding_layout(1, length, None)
+        )
+        alone = trunk(inputs, positions, mask)[:, 1:]
+        cols = (index >= part.start) & (index < part.start + length)  # (B, L) this phase's inputs
+        torch.testing.assert_close(alone.flatten(0, 1), hidden[cols], rtol=1e-5, atol=1e-5)
+
+
+def test_skip_masked_loss_sums_the_two_phases_means_over_the_predicted_tokens():
+    trunk, unit, cond = setup(skip_masked=True, head_batch_mul=1)
+    batch = unit.prepare(torch.randn(8, *GRID, C), cond(torch.zeros(8, dtype=torch.long)).tokens)
+    hidden = trunk(batch.inputs, batch.positions, batch.mask)
+    predicted, index, p = batch.extras["predicted"], batch.extras["index"], unit.num_pivots
+    torch.manual_seed(1)
+    losses = unit.loss(hidden, batch)
+    torch.manual_seed(1)
+    z, x = hidden[:, 1:], batch.targets
+    pivot, dense = predicted & (index < p), predicted & (index >= 2 * p)
+    torch.testing.assert_close(losses["loss_pivot"], unit.head.loss(x[pivot], z[pivot]))
+    torch.testing.assert_close(losses["loss_dense"], unit.head.loss(x[dense], z[dense]))
