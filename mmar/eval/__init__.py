@@ -30,7 +30,7 @@ from mmar.eval.fid import (
     save_reference,
     to_uint8,
 )
-from mmar.eval.frechet import feature_statistics, frechet_distance
+from mmar.eval.frechet import bootstrap_fd_se, feature_statistics, frechet_distance
 from mmar.eval.fvd import I3DFeatures, fvd
 from mmar.eval.inception import InceptionFeatures
 from mmar.eval.tokenizer_metrics import (
@@ -60,6 +60,7 @@ __all__ = [
     "NotesMetrics",
     "VGGishFeatures",
     "as_frames",
+    "bootstrap_fd_se",
     "codebook_usage",
     "feature_statistics",
     "frechet_audio_distance",

@@ -80,6 +80,38 @@ def frechet_distance(
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
+def bootstrap_fd_se(
+    features: np.ndarray | torch.Tensor,
+    mu_ref: ArrayLike,
+    sigma_ref: ArrayLike,
+    resamples: int = 50,
+    seed: int = 0,
+) -> float:
+    """Bootstrap standard error of the Fréchet distance of features [N, D] to a reference N(mu_ref,
+    sigma_ref): the standard deviation (ddof 1) of the distance over `resamples` resamplings of the N
+    feature rows with replacement, drawn from a generator seeded `seed`.
+
+    Only the generated side is resampled: the reference statistics are fixed, as when two samplers are
+    scored against the same reference. The distance of a resample is biased upwards (repeated rows shrink
+    its spread), but its spread is what the standard error of the distance of N samples measures.
+    """
+    if isinstance(features, torch.Tensor):
+        features = features.detach().cpu().double().numpy()
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or len(features) < 2 or resamples < 2:
+        raise ConfigError(
+            f"the bootstrap FD standard error needs features [N >= 2, D] and resamples >= 2, got "
+            f"{features.shape} and {resamples}; pass more samples or resamples"
+        )
+    rng = np.random.default_rng(seed)
+    n = len(features)
+    distances = [
+        frechet_distance(*feature_statistics(features[rng.integers(0, n, n)]), mu_ref, sigma_ref)
+        for _ in range(resamples)
+    ]
+    return float(np.std(distances, ddof=1))
+
+
 def _sqrtm_product(sigma1: np.ndarray, sigma2: np.ndarray, check: bool = True) -> np.ndarray | None:
     """sqrtm(sigma1 @ sigma2), or None (with `check`) when it is not finite or not a square root."""
     product = sigma1 @ sigma2  # [D, D]

@@ -1,11 +1,13 @@
-"""Fréchet distance: closed-form cases, singular covariances and the sqrtm fallback."""
+"""Fréchet distance: closed-form cases, singular covariances, the sqrtm fallback and the bootstrap standard
+error."""
 
 import numpy as np
 import pytest
 import torch
 
+from mmar.errors import ConfigError
 from mmar.eval import frechet
-from mmar.eval.frechet import feature_statistics, frechet_distance
+from mmar.eval.frechet import bootstrap_fd_se, feature_statistics, frechet_distance
 
 
 def random_covariance(rng: np.random.Generator, dim: int) -> np.ndarray:
@@ -95,3 +97,22 @@ def test_sample_statistics_approach_closed_form():
 def test_mismatched_shapes_raise():
     with pytest.raises(ValueError, match="mismatched"):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+def test_bootstrap_standard_error_matches_the_spread_over_independent_samples():
+    """The bootstrap SE of one sample's FD is close to the standard deviation of the FD over independent
+    samples of the same size, is reproducible by seed, and halves with four times the samples."""
+    rng = np.random.default_rng(5)
+    mu_ref, sigma_ref = np.zeros(3), np.eye(3)
+    draw = lambda n: rng.normal(0.5, 1.5, size=(n, 3))
+    fd = lambda x: frechet_distance(*feature_statistics(x), mu_ref, sigma_ref)
+    spread = np.std([fd(draw(300)) for _ in range(200)], ddof=1)
+    sample = draw(300)
+    se = bootstrap_fd_se(sample, mu_ref, sigma_ref, resamples=200, seed=0)
+    assert 0.6 < se / spread < 1.6
+    assert bootstrap_fd_se(torch.from_numpy(sample), mu_ref, sigma_ref, resamples=200, seed=0) == se
+    assert bootstrap_fd_se(sample, mu_ref, sigma_ref, resamples=200, seed=1) != se
+    larger = bootstrap_fd_se(draw(1200), mu_ref, sigma_ref, resamples=200, seed=0)
+    assert 0.3 < larger / se < 0.75  # 1/2 expected
+    with pytest.raises(ConfigError, match="N >= 2"):
+        bootstrap_fd_se(sample[:1], mu_ref, sigma_ref)
