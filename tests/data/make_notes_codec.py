@@ -2,7 +2,7 @@
 trained on the embedded notes, which tests/unit/test_codec_ladder.py decodes at every bitrate. A trained
 codec is needed there: an untrained decoder maps every level to about the same audio.
 
-    python tests/data/make_notes_codec.py          # ~3 minutes on 2 CPU cores, deterministic on one machine
+    python tests/data/make_notes_codec.py          # ~7 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
