@@ -12,6 +12,8 @@ ALLOWED = {
     "mmar/eval/embedded.py": {"F.cross_entropy("},
     "mmar/eval/video.py": {"F.cross_entropy("},
     "scripts/bench_kernels.py": {"scaled_dot_product_attention", "F.cross_entropy("},  # the baselines
+    "mmar/units/masked_ar.py": {"torch.multinomial"},  # draws a schedule step, not a token
+    "mmar/units/speculative.py": {"torch.multinomial"},  # draws from SJD's residual probabilities, not logits
 }
 
 
