@@ -45,6 +45,7 @@ import torch
 
 from mmar.conditioning import ClassCondition
 from mmar.errors import ConfigError
+from mmar.eval.report import emit_table
 from mmar.roofline import CallRecorder, Machine, device_of, synchronize
 from mmar.sampling import Sampler
 from mmar.trunk import TRUNK_PRESETS, Trunk, trunk_config
@@ -336,10 +337,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     except ConfigError as err:
         parser.error(str(err))
     table = markdown(results, header)
-    print(table, file=sys.stderr)
-    if args.markdown is not None:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(table)
+    emit_table(table, args.markdown)
     return results
 
 

@@ -47,6 +47,7 @@ import torch
 
 from mmar.conditioning import ClassCondition
 from mmar.errors import ConfigError
+from mmar.eval.report import emit_table
 from mmar.roofline import (
     ADALN,
     Linears,
@@ -267,10 +268,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 file=sys.stderr,
             )
     table = markdown(results, header)
-    print(table, file=sys.stderr)
-    if args.markdown is not None:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(table)
+    emit_table(table, args.markdown)
     return results
 
 

@@ -96,3 +96,12 @@ def write_marked(path: Path, name: str, table: str, title: str) -> None:
     head, _, rest = text.partition(begin)
     _, _, tail = rest.partition(end)
     path.write_text(f"{head}{begin}\n{table}\n{end}{tail}")
+
+
+def emit_table(table: str, path: Path | None) -> None:
+    """Print a benchmark's Markdown table to stderr (stdout carries its JSON lines) and, given `path`,
+    write it there too."""
+    print(table, file=sys.stderr)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(table)
