@@ -35,7 +35,7 @@ CASES = {
         {"prefix": 1},
         False,
     ),
-    "next_token_teacher": ("next_token", (3, 4), 17, {}, {}, {"teacher": 0.5}, False),
+    "next_token_teacher": ("next_token", (3, 4), 17, {}, {"temperature": 1.0}, {"teacher": 0.5}, False),
     "next_token_fixed": ("next_token", (3, 4), 17, {}, {"cfg_scale": 2.0}, {"fixed": True}, False),
     "next_token_padded": ("next_token", (3, 4), 17, {}, {"cfg_scale": 2.0}, {}, True),
     "next_token_channel_ar": ("next_token", (2, 3), 5, CHANNEL_AR, {"cfg_scale": 2.0}, {}, False),
@@ -62,7 +62,7 @@ CASES = {
         (3, 4),
         17,
         {},
-        {"speculative": "lantern", "window": 4, "lantern_k": 3, "lantern_delta": 0.3},
+        {"temperature": 1.0, "speculative": "lantern", "window": 4, "lantern_k": 3, "lantern_delta": 0.3},
         {},
         False,
     ),
@@ -73,7 +73,15 @@ CASES = {
     "next_block_2x2": ("next_block", (4, 4), 17, {"block": [2, 2]}, {}, {"use_cache": False}, False),
     "next_block_prefix": ("next_block", (3, 4), 17, {}, {"cfg_scale": 2.0}, {"prefix": 1}, False),
     "next_block_padded": ("next_block", (3, 4), 17, {}, {"cfg_scale": 2.0}, {}, True),
-    "next_block_channel_ar": ("next_block", (2, 3), 5, CHANNEL_AR, {"cfg_scale": 2.0}, {}, False),
+    "next_block_channel_ar": (
+        "next_block",
+        (2, 3),
+        5,
+        CHANNEL_AR,
+        {"cfg_scale": 2.0, "temperature": 0.5},
+        {},
+        False,
+    ),
     "next_neighbor": (
         "next_neighbor",
         (3, 4),
@@ -96,7 +104,7 @@ def sample_case(name: str) -> list:
     trunk = Trunk(trunk_config("debug", d_model=D, n_head=2)).eval()
     unit = build_unit(unit_name, d_model=D, grid=grid, vocab_size=vocab, **unit_kwargs).eval()
     condition = ClassCondition(5, D, n_tokens=3 if padded else 1).eval()
-    sampler = Sampler(seed=7, **sampler_kwargs)
+    sampler = Sampler(seed=7, **{"temperature": 0.03, **sampler_kwargs})  # the logits decide, not only noise
     cond = condition.for_sampling(torch.tensor([1, 3]), sampler.guided).tokens  # (B', n_cond, D)
     if padded:  # a text-like prefix: the first condition token of every other row is padding
         trunk = trunk.with_prefix_padding(
