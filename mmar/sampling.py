@@ -101,6 +101,11 @@ class Sampler:
         """Whether generation runs the doubled CFG batch."""
         return self.cfg_scale != 1.0
 
+    def cfg_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """What both halves of the CFG batch read: x [B, ...] -> cat([x, x]) [2B, ...] when guided, else x
+        (a generated token is fed to the conditional and the null row alike)."""
+        return torch.cat([x, x]) if self.guided else x
+
     def scale_at(self, progress: float) -> float:
         """Guidance scale after a fraction `progress` of the output has been generated."""
         s, p = self.cfg_scale, progress

@@ -121,8 +121,7 @@ class ChannelARHead(nn.Module):
             features = self._features(hidden, fed)  # (B', k + 1, W)
             ids = sampler.pick(self.out(features[:, -1]), progress, generator)  # (B,)
             picked.append(ids)
-            both = torch.cat([ids, ids]) if sampler.guided else ids  # both CFG halves read the same id
-            fed = torch.cat([fed, both[:, None]], dim=1)
+            fed = torch.cat([fed, sampler.cfg_batch(ids)[:, None]], dim=1)  # both CFG halves read the id
         return torch.stack(picked, dim=-1)[:, self.inverse]  # (B, C) back in channel order
 
     def _features(self, hidden: torch.Tensor, fed: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ from mmar.kernels import BlockCausal
 from mmar.sampling import Sampler
 from mmar.trunk import Trunk
 from mmar.units.base import PredictionUnit, UnitBatch, grid_positions
+from mmar.units.decoding import kv_decode
 
 
 def resolve_block(block: str | list[int] | tuple[int, ...], grid: tuple[int, ...]) -> tuple[int, ...]:
@@ -129,35 +130,30 @@ class NextBlock(PredictionUnit):
         self.check_grid(grid)
         n_cond, s = cond.shape[1], self.block_size
         positions, blocks = self.layout(n_cond, cond.device)
-        mask, length = BlockCausal(blocks), len(blocks)
-        cache = trunk.make_cache(cond.shape[0], length, cond.device, cond.dtype) if use_cache else None
         generator = sampler.generator(cond.device)
-        seq, out = self.start_block(cond), []  # seq: what the next trunk call sees
+        first, given = self.start_block(cond), []
         if prefix is not None:
-            given = self.check_prefix(prefix, cond.shape[0] // (2 if sampler.guided else 1))
+            tokens = self.check_prefix(prefix, cond.shape[0] // (2 if sampler.guided else 1))
             if prefix.shape[1] % self.block[0]:
                 raise ConfigError(
                     f"a prefix of {prefix.shape[1]} slices is not a whole number of blocks "
                     f"{list(self.block)}; give a multiple of {self.block[0]}"
                 )
-            given = given[:, self.order[: given.shape[1]].to(given.device)]  # block-major: whole blocks
-            out = list(given.split(s, dim=1))
-            fed = torch.cat([given, given]) if sampler.guided else given
-            seq = torch.cat([seq, self.head.embed(fed)], dim=1)
-        for k in range(len(out), self.num_blocks):
-            start = cache.length if use_cache else 0
-            hidden = trunk(seq, positions[start : start + seq.shape[1]], mask, cache=cache)[
-                :, -s:
-            ]  # (B', S, D)
-            # CFG rows stay grouped as [cond; null] after flattening the slots: (2, B, S) -> (2 B S)
-            rows = hidden.unflatten(0, (2, -1)) if sampler.guided else hidden[None]  # (G, B, S, D)
-            picked = self.head.sample(rows.flatten(0, 2), sampler, k / self.num_blocks, generator)
-            block = picked.unflatten(0, (-1, s))  # (B, S, *token_shape)
-            out.append(block)
-            fed = torch.cat([block, block]) if sampler.guided else block  # both CFG halves read it
-            embedded = self.head.embed(fed)  # (B', S, D)
-            seq = embedded if use_cache else torch.cat([seq, embedded], dim=1)
-        ordered = torch.cat(out, dim=1)  # (B, N, *token_shape) block-major
+            tokens = tokens[:, self.order[: tokens.shape[1]].to(tokens.device)]  # block-major: whole blocks
+            given = [tokens]
+            first = torch.cat([first, self.head.embed(sampler.cfg_batch(tokens))], dim=1)
+
+        def emit(k: int, hidden: torch.Tensor) -> torch.Tensor:
+            # the last S positions predict the next block; flattening them keeps the CFG halves [cond; null]
+            rows = hidden[:, -s:].flatten(0, 1)  # (B' S, D)
+            picked = self.head.sample(rows, sampler, k / self.num_blocks, generator)
+            return picked.unflatten(0, (-1, s))  # (B, S, *token_shape)
+
+        steps = range(sum(t.shape[1] for t in given) // s, self.num_blocks)
+        out = kv_decode(
+            trunk, first, positions, BlockCausal(blocks), steps, emit, self.head.embed, sampler, use_cache
+        )
+        ordered = torch.cat(given + out, dim=1)  # (B, N, *token_shape) block-major
         tokens = torch.empty_like(ordered)
         tokens[:, self.order] = ordered
         return tokens.unflatten(1, self.grid)

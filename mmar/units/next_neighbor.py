@@ -26,6 +26,7 @@ from mmar.kernels import BlockCausal, proximity
 from mmar.sampling import Sampler
 from mmar.trunk import Trunk
 from mmar.units.base import PredictionUnit, UnitBatch, grid_positions
+from mmar.units.decoding import kv_decode
 
 
 class HeadLayer(nn.Module):
@@ -114,7 +115,6 @@ class NextNeighbor(PredictionUnit):
         mask = BlockCausal(
             torch.cat([torch.arange(-n_cond, 0, device=device), self.levels.to(device)[fed_order]])
         )
-        cache = trunk.make_cache(cond.shape[0], len(positions), device, cond.dtype) if use_cache else None
         generator = sampler.generator(device)
         tokens = torch.zeros(
             cond.shape[0] // (2 if sampler.guided else 1), self.seq_len, dtype=torch.long, device=device
@@ -122,27 +122,25 @@ class NextNeighbor(PredictionUnit):
         given = None
         if prefix is not None:
             given = self.check_prefix(prefix, tokens.shape[0])  # (B, P): raster cells 0 .. P - 1
-        seq = cond
-        for d in range(steps):
-            start = cache.length if use_cache else 0
-            hidden = trunk(seq, positions[start : start + seq.shape[1]], mask, cache=cache)
+
+        def emit(d: int, hidden: torch.Tensor) -> torch.Tensor:
             if d == 0:
                 logits = self.head(hidden[:, -1:])  # (B', 1, V): the condition predicts token 0
             else:
                 logits = self.neighbour_logits(
                     hidden[:, -len(diagonals[d - 1]) :], diagonals[d - 1], diagonals[d]
                 )
-            rows = logits.unflatten(0, (2, -1)) if sampler.guided else logits[None]  # (G, B, T, V)
-            picked = sampler.pick(rows.flatten(0, 2), d / steps, generator).unflatten(
+            # flattening the diagonal's positions keeps the CFG halves [cond; null]
+            picked = sampler.pick(logits.flatten(0, 1), d / steps, generator).unflatten(
                 0, (-1, logits.shape[1])
             )
             if given is not None:  # the given cells of this diagonal keep their tokens
                 known = diagonals[d] < given.shape[1]
                 picked[:, known] = given[:, diagonals[d][known]]
             tokens[:, diagonals[d]] = picked  # (B, T)
-            fed = torch.cat([picked, picked]) if sampler.guided else picked
-            embedded = self.head.embed(fed)  # (B', T, D)
-            seq = embedded if use_cache else torch.cat([seq, embedded], dim=1)
+            return picked
+
+        kv_decode(trunk, cond, positions, mask, range(steps), emit, self.head.embed, sampler, use_cache)
         return tokens.unflatten(1, self.grid)
 
     def neighbour_logits(

@@ -11,6 +11,8 @@ feeds them with the condition in one pass and decodes the rest: N - P passes. Wi
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from mmar.errors import ConfigError
@@ -19,6 +21,7 @@ from mmar.kernels import Causal
 from mmar.sampling import Sampler
 from mmar.trunk import Trunk
 from mmar.units.base import PredictionUnit, UnitBatch, grid_positions
+from mmar.units.decoding import kv_decode
 from mmar.units.speculative import speculative_generate
 
 
@@ -100,31 +103,36 @@ class NextToken(PredictionUnit):
             draws = sampler.generator(cond.device, stream=1)
             keep = torch.rand(teacher.shape[:2], generator=draws, device=cond.device) < teacher_prob  # (B, N)
         n_cond, n = cond.shape[1], self.seq_len
-        positions = self.positions(n_cond, cond.device)  # (n_cond + N, A)
-        cache = (
-            trunk.make_cache(cond.shape[0], n_cond + n - 1, cond.device, cond.dtype) if use_cache else None
-        )
+        given, first = self.start_inputs(cond, sampler, prefix)
         generator = sampler.generator(cond.device)
-        seq, tokens = cond, []  # seq: what the next trunk call sees
-        if prefix is not None:
-            given = self.check_prefix(prefix, cond.shape[0] // (2 if sampler.guided else 1))
-            tokens = list(given.unbind(1))
-            fed = torch.cat([given, given]) if sampler.guided else given
-            seq = torch.cat([cond, self.head.embed(fed)], dim=1)
-        for i in range(len(tokens), n):
-            start = cache.length if use_cache else 0
-            inputs = self.add_target_embedding(seq, start, n_cond)
-            hidden = trunk(inputs, positions[start : start + seq.shape[1]], Causal(), cache=cache)
+
+        def emit(i: int, hidden: torch.Tensor) -> torch.Tensor:
             token = self.head.sample(hidden[:, -1], sampler, i / n, generator)  # (B, *token_shape)
             if teacher is not None:
                 token = torch.where(keep[:, i].view(-1, *[1] * (token.ndim - 1)), teacher[:, i], token)
             if fixed is not None:
                 token = torch.where(fixed[1][:, i], fixed[0][:, i], token)
-            tokens.append(token)
-            fed = torch.cat([token, token]) if sampler.guided else token  # both CFG halves read it
-            embedded = self.head.embed(fed)[:, None]  # (B', 1, D)
-            seq = embedded if use_cache else torch.cat([seq, embedded], dim=1)
-        return torch.stack(tokens, dim=1).unflatten(1, self.grid)  # (B, *grid, *token_shape)
+            return token[:, None]  # (B, 1, *token_shape)
+
+        positions = self.positions(n_cond, cond.device)[:-1]  # (n_cond + N - 1, A): the last is never fed
+        prepare = partial(self.add_target_embedding, n_cond=n_cond)  # RAR's target-aware embedding
+        steps = range(0 if given is None else given.shape[1], n)
+        out = kv_decode(
+            trunk, first, positions, Causal(), steps, emit, self.head.embed, sampler, use_cache, prepare
+        )
+        given = [] if given is None else [given]
+        return torch.cat(given + out, dim=1).unflatten(1, self.grid)  # (B, *grid, *token_shape)
+
+    def start_inputs(
+        self, cond: torch.Tensor, sampler: Sampler, prefix: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The given tokens of a `prefix` (None, or [B, P, *token_shape] in raster order) and the first
+        pass's inputs: the condition [B', n_cond, D], then the prefix's embeddings (read by both CFG
+        halves)."""
+        if prefix is None:
+            return None, cond
+        given = self.check_prefix(prefix, cond.shape[0] // (2 if sampler.guided else 1))
+        return given, torch.cat([cond, self.head.embed(sampler.cfg_batch(given))], dim=1)
 
     def add_target_embedding(self, x: torch.Tensor, start: int, n_cond: int) -> torch.Tensor:
         """Hook for what the input at sequence position `start + t` learns about the token it predicts,

@@ -181,7 +181,6 @@ def speculative_generate(
         )
     device, window = cond.device, sampler.window
     rows = cond.shape[0] // (2 if sampler.guided else 1)
-    both = (lambda t: torch.cat([t, t])) if sampler.guided else (lambda t: t)  # CFG halves read the same
     lantern, delta = sampler.speculative == "lantern", sampler.lantern_delta
     if lantern:
         if neighbours is None:
@@ -195,12 +194,11 @@ def speculative_generate(
     generator = sampler.generator(device)
 
     tokens = torch.zeros(rows, n, dtype=torch.long, device=device)  # (B, N) decoded ids
-    done, pending = 0, cond  # inputs not in the cache yet; the last one predicts token `done`
-    if prefix is not None:
-        given = unit.check_prefix(prefix, rows)  # (B, P)
+    given, pending = unit.start_inputs(cond, sampler, prefix)  # inputs not in the cache yet
+    done = 0  # the last pending input predicts token `done`
+    if given is not None:
         done = given.shape[1]
         tokens[:, :done] = given
-        pending = torch.cat([cond, head.embed(both(given))], dim=1)  # (B', n_cond + P, D)
     drafts, q = _uniform_drafts(
         rows, torch.arange(done, min(done + window, n), device=device), vocab, pins, generator
     )
@@ -208,7 +206,7 @@ def speculative_generate(
     while done < n:
         width = drafts.shape[1]  # drafts of positions done .. done + width - 1
         fed = width if done + width < n else width - 1  # the last position's input would predict past N
-        x = torch.cat([pending, head.embed(both(drafts[:, :fed]))], dim=1)  # (B', T, D)
+        x = torch.cat([pending, head.embed(sampler.cfg_batch(drafts[:, :fed]))], dim=1)  # (B', T, D)
         start = cache.length if use_cache else 0
         hidden = trunk(
             unit.add_target_embedding(x, start, n_cond),
@@ -231,7 +229,7 @@ def speculative_generate(
             break
         token = decided[:, a]  # (B,)
         kept = pending.shape[1] + a  # inputs whose keys and values stay: the pending ones, accepted drafts
-        embedded = head.embed(both(token))[:, None]  # (B', 1, D)
+        embedded = head.embed(sampler.cfg_batch(token))[:, None]  # (B', 1, D)
         if use_cache:
             cache.truncate(start + kept)
             pending = embedded
