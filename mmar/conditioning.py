@@ -2,10 +2,11 @@
 
 A condition maps a batch's labels or captions to `ConditionTokens(tokens [B, n, D], valid [B, n] or
 None)`; units put the tokens first in the sequence, and the trunk hides the padded ones from attention
-(`Trunk.with_prefix_padding`), so no unit special-cases a condition type. During training each condition
-is replaced by the null with probability `dropout` (0.1 in LlamaGen, class and text alike), so one
-network learns the conditional and unconditional model; for sampling with guidance the batch is
-`cat([cond, null])`, as in LlamaGen.
+(`Trunk.with_prefix_padding`), so no unit special-cases a condition type. A trunk with `adaln` also
+reads the pooled condition (`ConditionTokens.pooled`) in every block through adaLN-Zero (DiT). During
+training each condition is replaced by the null with probability `dropout` (0.1 in LlamaGen, class and
+text alike), so one network learns the conditional and unconditional model; for sampling with guidance
+the batch is `cat([cond, null])`, as in LlamaGen.
 
 - `ClassCondition`: a class embedding with an extra null class.
 - `TextCondition`: a frozen Hugging Face encoder's last hidden states (FLAN-T5 in LlamaGen-T2I, any
@@ -34,6 +35,14 @@ class ConditionTokens(NamedTuple):
 
     tokens: torch.Tensor  # (B, n, D)
     valid: torch.Tensor | None  # (B, n) bool key-padding mask
+
+    def pooled(self) -> torch.Tensor:
+        """One vector per row [B, D], the mean of the real tokens: what an adaln trunk's adaLN-Zero reads
+        (a class condition's class embedding, a caption's pooled text vector, or the null's)."""
+        if self.valid is None:
+            return self.tokens.mean(1)
+        weight = self.valid[..., None].to(self.tokens.dtype)  # (B, n, 1)
+        return (self.tokens * weight).sum(1) / weight.sum(1).clamp_min(1)
 
 
 class Condition(nn.Module):

@@ -255,6 +255,30 @@ class PrefixPadded:
         return self.trunk(x, positions, KeyPadding(mask, valid.to(x.device)), **kwargs)
 
 
+class AdaLNConditioned:
+    """A trunk (plain or `PrefixPadded`) whose every call reads the adaLN-Zero condition vector `cond`
+    [B, D] (DiT: the class embedding or a pooled text vector), so units run adaln trunks unchanged.
+
+    A call on half the rows reads the first half, the conditional half of the CFG batch `cat([cond, null])`,
+    as `PrefixPadded` does."""
+
+    def __init__(self, trunk: Trunk | PrefixPadded, cond: torch.Tensor):
+        self.trunk, self.cond = trunk, cond  # (B, D)
+
+    def __getattr__(self, name: str):
+        return getattr(self.trunk, name)  # config, make_cache, ...
+
+    def __call__(self, x: torch.Tensor, positions: torch.Tensor, mask: Mask | None = None, **kwargs):
+        cond, rows = self.cond, x.shape[0]
+        if rows != len(cond):
+            if 2 * rows != len(cond):
+                raise ValueError(
+                    f"a batch of {rows} rows cannot read the adaLN condition of {len(cond)} rows"
+                )
+            cond = cond[:rows]
+        return self.trunk(x, positions, mask, cond=cond.to(x.device), **kwargs)
+
+
 class PassCounter:
     """Counts a trunk's forward passes while in a `with` block (its final norm runs once a pass):
     what sampling really costs, measured rather than predicted by a unit's `num_steps`."""

@@ -19,13 +19,13 @@ import torch
 from lightning.pytorch import LightningModule
 
 from mmar.code_patterns import CodePattern
-from mmar.conditioning import build_condition
+from mmar.conditioning import ConditionTokens, build_condition
 from mmar.errors import ConfigError
 from mmar.lit.batch_tokens import batch_tokens
 from mmar.lit.optim import configure_adamw
 from mmar.sampling import Sampler
 from mmar.tokenizer import load_tokenizer
-from mmar.trunk import Trunk, trunk_config
+from mmar.trunk import AdaLNConditioned, PrefixPadded, Trunk, trunk_config
 from mmar.units import UNITS, build_unit
 from mmar.units.speculative import nearest_neighbours
 
@@ -183,7 +183,7 @@ class GeneratorModule(LightningModule):
             tokens, padding = tokens.embeddings, {"valid": tokens.mask}
         cond = self.conditioning(self.conditioning.values_of(batch))
         unit_batch = self.unit.prepare(tokens, cond.tokens, **padding)
-        trunk = self.trunk.with_prefix_padding(cond.valid)  # padded caption tokens are never attended to
+        trunk = self.conditioned_trunk(cond)
         hidden = trunk(unit_batch.inputs, unit_batch.positions, unit_batch.mask)
         return self.unit.loss(hidden, unit_batch)
 
@@ -254,8 +254,15 @@ class GeneratorModule(LightningModule):
         if fixed is not None:  # entries of the layout known before sampling (empty or given) are set
             unit_kwargs["fixed"] = fixed
         cond = self.conditioning.for_sampling(conditions, sampler.guided)
-        trunk = self.trunk.with_prefix_padding(cond.valid)
+        trunk = self.conditioned_trunk(cond)
         return self.pattern.revert(self.unit.generate(trunk, cond.tokens, self.grid, sampler, **unit_kwargs))
+
+    def conditioned_trunk(self, cond: ConditionTokens) -> Trunk | PrefixPadded | AdaLNConditioned:
+        """The trunk as a unit calls it for a batch of conditions (training, or sampling's CFG batch): the
+        padded condition tokens hidden from attention, and with `adaln` every block modulated by the pooled
+        condition (adaLN-Zero; the null rows by the null's)."""
+        trunk = self.trunk.with_prefix_padding(cond.valid)  # padded caption tokens are never attended to
+        return AdaLNConditioned(trunk, cond.pooled()) if self.trunk.config.adaln else trunk
 
     def _code_neighbours(self, k: int) -> torch.Tensor | None:
         """LANTERN's latent proximity: each code's k nearest codes in the tokenizer's latent space [V, k]

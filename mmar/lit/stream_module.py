@@ -95,6 +95,11 @@ class StreamModule(LightningModule):
         self.layout = StreamLayout(self.vocab, grid)
         self.loss_weights = weights
         config = trunk_config(trunk, **(trunk_overrides or {}))
+        if config.adaln:
+            raise ConfigError(
+                "trunk_overrides.adaln conditions every block on a class or caption vector, which a stream "
+                "model does not have (its prompts are tokens of the stream); drop adaln"
+            )
         self.trunk = Trunk(config)
         self.head = CategoricalHead(config.d_model, self.vocab.size)
         self.save_hyperparameters()
