@@ -1,7 +1,7 @@
 """SampleGrid: what a model makes, logged as pictures (and text) every few validation runs.
 
-- generators (`GeneratorModule`): `per_class` samples of each of the first `max_classes` classes (one row
-  per class), or one per caption of the first validation batch (text conditions);
+- generators (`GeneratorModule`): `per_class` samples of each of the first `max_classes` classes (a
+  column per class), or one per caption of the first validation batch (text conditions);
 - tokenizers (`TokenizerModule`): inputs of the first validation batch above their reconstructions;
 - stream models (`StreamModule`): continuations of the first validation texts, as text, or images drawn
   from the first validation captions (unified text + image models).
@@ -105,10 +105,10 @@ class SampleGrid(Callback):
             return {"generated": picture(out, modality, n, rate)}, {}
         if isinstance(condition, ClassCondition):
             classes = list(range(min(condition.num_classes, self.max_classes)))
-            labels = class_labels(classes, condition.num_classes, self.per_class)  # (N,): grouped by class
+            labels = class_labels(classes, condition.num_classes, 1).repeat(self.per_class)  # (N,)
             to_device = lambda ids: ids.to(module.device)
             out = sample_in_batches(module, labels, self.sampler, len(labels), conditions=to_device)[0]
-            return {"generated": picture(out, modality, self.per_class, rate)}, {}  # a row per class
+            return {"generated": picture(out, modality, len(classes), rate)}, {}  # a column per class
         captions = _first(condition.values_of(batch), n)  # captions, or a cache's caption embeddings
         count = _count(captions)
         given = lambda ids: captions
