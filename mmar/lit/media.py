@@ -53,7 +53,9 @@ def log_picture(loggers: list[Logger], tag: str, image: torch.Tensor, step: int)
 
 
 def log_text(loggers: list[Logger], tag: str, lines: list[str], step: int) -> None:
-    """Log text samples, one per line: TensorBoard's text tab, or W&B's `log_text` table."""
+    """Log text samples, one per line: TensorBoard's text tab, or W&B's `log_text` table; control characters
+    that an undertrained model samples are shown as U+FFFD."""
+    lines = ["".join(c if c.isprintable() or c == "\n" else "\ufffd" for c in line) for line in lines]
     for logger in picture_loggers(loggers):
         if isinstance(logger, TensorBoardLogger):
             blocks = ["\n".join(f"    {part}" for part in line.splitlines() or [""]) for line in lines]
