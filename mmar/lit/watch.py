@@ -33,13 +33,13 @@ def default_loggers(save_dir: str) -> list:
 def watch_defaults(trainer: dict) -> dict:
     """The `logger` and `callbacks` Trainer arguments of a run whose config gave `trainer`: its own, plus
     the defaults it did not replace or turn off."""
-    logger = trainer.get("logger")
-    if logger is None or logger is True:  # unset: Lightning's default would be TensorBoard alone
+    logger, quick = trainer.get("logger"), bool(trainer.get("fast_dev_run"))
+    if (logger is None or logger is True) and not quick:  # Lightning's default: TensorBoard alone
         logger = default_loggers(os.fspath(trainer.get("default_root_dir") or os.getcwd()))
     callbacks = trainer.get("callbacks") or []
     callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
     defaults: list[Callback] = []
-    if logger:
+    if logger and not quick:  # fast_dev_run replaces every logger by a DummyLogger
         defaults += [LearningRateMonitor(logging_interval="step"), SampleGrid()]
     if trainer.get("enable_progress_bar") is not False:
         defaults.append(RunProgressBar())

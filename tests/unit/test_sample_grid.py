@@ -72,3 +72,9 @@ def test_config_choices_replace_the_defaults():
     bar = TQDMProgressBar()
     chosen = watch_defaults({"logger": False, "callbacks": [bar]})
     assert chosen["callbacks"] == [bar]  # no second progress bar, no LR monitor without a logger
+
+
+def test_fast_dev_run_makes_no_log_folder(tmp_path):
+    chosen = watch_defaults({"default_root_dir": str(tmp_path), "fast_dev_run": True})
+    assert chosen["logger"] is None and [type(cb) for cb in chosen["callbacks"]] == [RunProgressBar]
+    assert not list(tmp_path.iterdir())
