@@ -94,3 +94,27 @@ def test_config_with_its_own_logger_and_callbacks_keeps_them(tmp_path):
     )  # the default, with nothing to show
     assert not list(tmp_path.rglob("events.out.tfevents*"))
     assert list(tmp_path.glob("lightning_logs/version_0/metrics.csv"))
+
+
+def test_workflow_doc_snippets_configure_the_run(tmp_path):
+    """docs/workflow.md's YAML: the SampleGrid settings reach the trainer; the W&B snippet (wandb is not a
+    dependency, so it is only read) keeps CSV beside W&B."""
+    text = Path("docs/workflow.md").read_text()
+    snippets = [yaml.safe_load(block.split("```")[0]) for block in text.split("```yaml\n")[1:]]
+    grid, wandb = snippets
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    args = [
+        "--config",
+        "configs/debug/vq.yaml",
+        "--config",
+        str(path),
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    trainer = MMARCLI(args=args, run=False).trainer
+    (chosen,) = [cb for cb in trainer.callbacks if isinstance(cb, SampleGrid)]
+    assert (chosen.every_n_val_epochs, chosen.per_class, chosen.sampler.cfg_scale) == (5, 4, 3.0)
+    assert [lg["class_path"].rsplit(".", 1)[1] for lg in wandb["trainer"]["logger"]] == [
+        "WandbLogger",
+        "CSVLogger",
+    ]
