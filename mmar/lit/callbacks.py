@@ -62,6 +62,12 @@ class SampleGrid(Callback):
         self.sampler = replace(sampler, seed=0 if sampler.seed is None else sampler.seed)
         self.val_runs = 0
 
+    def state_dict(self) -> dict:
+        return {"val_runs": self.val_runs}  # a resumed run logs on the same validation runs
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.val_runs = state_dict["val_runs"]
+
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         # the first batch's hook, not the epoch's end: the EMA weights are swapped in for the whole run,
         # and the batch gives the captions / texts / inputs to show

@@ -78,3 +78,10 @@ def test_fast_dev_run_makes_no_log_folder(tmp_path):
     chosen = watch_defaults({"default_root_dir": str(tmp_path), "fast_dev_run": True})
     assert chosen["logger"] is None and [type(cb) for cb in chosen["callbacks"]] == [RunProgressBar]
     assert not list(tmp_path.iterdir())
+
+
+def test_counted_validation_runs_survive_a_resume():
+    grid, resumed = SampleGrid(every_n_val_epochs=3), SampleGrid(every_n_val_epochs=3)
+    grid.val_runs = 7
+    resumed.load_state_dict(grid.state_dict())
+    assert resumed.val_runs == 7
