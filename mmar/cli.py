@@ -12,10 +12,12 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 from mmar.errors import ConfigError
+from mmar.lit.watch import watch_defaults
 
 
 class MMARCLI(LightningCLI):
-    """LightningCLI with mmar's defaults: subclass mode for model and data, config saved per run."""
+    """LightningCLI with mmar's defaults: subclass mode for model and data, config saved per run, and
+    TensorBoard + CSV logs, an LR monitor, sample grids and Rich progress bars (`mmar.lit.watch`)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
@@ -27,6 +29,12 @@ class MMARCLI(LightningCLI):
             subclass_mode_data=True,
             **kwargs,
         )
+
+    def instantiate_trainer(self, **kwargs):
+        # not `trainer_defaults`: those are appended to a config's callbacks unconditionally, so a config
+        # with its own progress bar, or without a logger, would fail
+        trainer = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        return super().instantiate_trainer(**{**kwargs, **watch_defaults(trainer)})
 
 
 def main(args: list[str] | None = None) -> None:

@@ -2,6 +2,7 @@
 # The quickstart: on the embedded digits, train a VQ tokenizer and a class-conditional next-token
 # generator, then sample a grid (one row per class) and score it with the embedded digits metrics.
 # Outputs: runs/quickstart/samples/{grid.png,samples.npz,metrics.json}.
+# Training logs (losses, learning rate, sample pictures): tensorboard --logdir runs/quickstart
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
