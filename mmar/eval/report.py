@@ -32,15 +32,24 @@ def trainer_seconds(checkpoint: dict) -> float | None:
     return None if timer is None else timer["time_elapsed"]["train"]
 
 
-def train_recipe(config: str, budget_minutes: float, steps: int | None, ckpt: Path | None) -> float:
+def train_recipe(
+    config: str, budget_minutes: float, steps: int | None, ckpt: Path | None, record: Path | None = None
+) -> float:
     """`mmar fit --config config` for its max_steps (or `steps`), the budget only a cap (the trainer's
-    max_time); its wall time in seconds. A stale `last.ckpt` beside `ckpt` is removed first."""
+    max_time); its wall time in seconds. A stale `last.ckpt` beside `ckpt` is removed first; given
+    `record`, a `mmar.lit.run_record.RunRecord` writes the steps reached and the trainer's time there."""
     for stale in ckpt.parent.glob("last*.ckpt") if ckpt else ():  # else Lightning writes last-v1.ckpt
         stale.unlink()
     start = time.perf_counter()
     command = ["mmar", "fit", "--config", config, "--trainer.enable_progress_bar=false"]
     command += [f"--trainer.max_time={max_time(budget_minutes)}"]
     command += [f"--trainer.max_steps={steps}"] if steps else []
+    if record is not None:
+        record.unlink(missing_ok=True)
+        command += [
+            "--trainer.callbacks+=mmar.lit.run_record.RunRecord",
+            f"--trainer.callbacks.path={record}",
+        ]
     subprocess.run(command, check=True)
     return time.perf_counter() - start
 

@@ -35,4 +35,8 @@ def test_compare_units_trains_scores_and_writes_the_table(debug_tokenizer, tmp_p
     assert row["unit"] == "next_block" and row["forward_passes_per_image"] == 8  # one pass per row
     assert row["num_samples"] == 20 and 0 <= row["digits_class_accuracy"] <= 1 and row["train_seconds"] > 0
     table = docs.read_text()
-    assert "| next_block | discrete |" in table and f"| {row['steps']} / 100000 |" in table and "| capped |" in table
+    assert (
+        "| next_block | discrete |" in table
+        and f"| {row['steps']} / 100000 |" in table
+        and "| capped |" in table
+    )
