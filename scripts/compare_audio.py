@@ -16,15 +16,15 @@ multi-scale mel distance, SI-SDR, STFT distance and codebook usage; residual cod
 of levels.
 
 Generators: every recipe of --recipes uses the same trunk (4 layers, width 128), data, optimiser and
-cap. Each then samples --per-class clips of each of the 12 pitch classes (guidance --cfg-scale, constant; temperature 1; seed = batch index) and continues --num-clips held-out
-notes from their first --given-frames latent frames, conditioned on their own pitch class. The embedded
-pitch classifier (`mmar.eval.audio.NotesMetrics`) scores both: class accuracy and the classifier-feature
-Fréchet distance against held-out notes (not FAD); continuations are scored on what was generated, the
-given samples silenced (notes start at random onsets, so leading silence is ordinary input). Trunk passes
-per clip are counted during sampling;
-seconds per clip is the wall time of class-conditional sampling divided by the clips (CPU). One example
-per unit, its first sample of each pitch class C to B in a row, goes to docs/audio_<recipe>.wav (and .png,
-its spectrogram).
+cap. Each then samples --per-class clips of each of the 12 pitch classes (guidance --cfg-scale,
+constant; temperature 1; seed = batch index) and continues --num-clips held-out notes from their first
+--given-frames latent frames, conditioned on their own pitch class. The embedded pitch classifier
+(`mmar.eval.audio.NotesMetrics`) scores both: class accuracy and the classifier-feature Fréchet distance
+against held-out notes (not FAD); continuations are scored on what was generated, the given samples
+silenced (notes start at random onsets, so leading silence is ordinary input). Trunk passes per clip are
+counted during sampling; seconds per clip is the wall time of class-conditional sampling divided by the
+clips (CPU). One example per unit, its first sample of each pitch class C to B in a row, goes to
+docs/audio_<recipe>.wav (and .png, its spectrogram).
 """
 
 from __future__ import annotations
