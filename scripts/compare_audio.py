@@ -40,7 +40,7 @@ from mmar.audio_io import save_spectrogram, write_wav
 from mmar.data.audio import PITCH_CLASSES, EmbeddedNotesDataModule
 from mmar.eval.audio import NotesMetrics, reconstruction_report
 from mmar.eval.report import merge_rows, train_and_score, train_recipe, write_marked
-from mmar.eval.step_budget import RUN_HEADER, run_cells, run_plan, warn_if_marked
+from mmar.eval.step_budget import RUN_HEADER, cap_minutes, run_cells, run_plan, warn_if_marked
 from mmar.lit.loading import load_generator
 from mmar.lit.run_record import read_run_record
 from mmar.sampling import Sampler, sample_in_batches
@@ -210,8 +210,8 @@ def main(argv=None) -> None:
     p.add_argument("--part", choices=("all", "tokenizers", "generators"), default="all")
     p.add_argument("--tokenizer-recipes", nargs="*", default=TOKENIZER_RECIPES)
     p.add_argument("--recipes", nargs="*", default=RECIPES)
-    p.add_argument("--tokenizer-minutes", type=float, default=30.0, help="wall-clock cap per tokenizer")
-    p.add_argument("--budget-minutes", type=float, default=45.0, help="wall-clock cap per generator")
+    p.add_argument("--tokenizer-minutes", type=cap_minutes, default=30.0, help="wall-clock cap per tokenizer")
+    p.add_argument("--budget-minutes", type=cap_minutes, default=45.0, help="wall-clock cap per generator")
     p.add_argument("--skip-training", action="store_true", help="score what is already trained")
     p.add_argument("--per-class", type=int, default=20, help="clips per pitch class (12 classes)")
     p.add_argument("--num-clips", type=int, default=240, help="held-out notes (reconstruction, continuation)")

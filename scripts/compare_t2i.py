@@ -26,7 +26,7 @@ import torch
 
 from mmar.eval.compositional import SPLITS, TASKS, benchmark_prompts, render_prompt, score_images
 from mmar.eval.report import merge_rows, train_and_score, write_marked
-from mmar.eval.step_budget import RUN_HEADER, run_cells
+from mmar.eval.step_budget import RUN_HEADER, cap_minutes, run_cells
 from tokenizers_visual import load_tokenizer
 
 TOKENIZER = "runs/t2i/vq/tokenizer"
@@ -87,7 +87,7 @@ def markdown(rows: list[dict]) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", nargs="*", default=RECIPES[1:])
-    p.add_argument("--budget-minutes", type=float, default=40.0, help="wall-clock cap per unit's training")
+    p.add_argument("--budget-minutes", type=cap_minutes, default=40.0, help="training time cap per run")
     p.add_argument("--steps", type=int, help="override every recipe's max_steps (default: the recipe's)")
     p.add_argument("--skip-training", action="store_true", help="score existing checkpoints only")
     p.add_argument("--per-prompt", type=int, default=8, help="images per benchmark prompt")

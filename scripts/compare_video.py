@@ -30,7 +30,7 @@ import yaml
 from mmar.data.video import DIRECTIONS, NUM_CLASSES, MovingDigitsDataModule, captions_of
 from mmar.eval.fid import to_uint8
 from mmar.eval.report import merge_rows, train_and_score, write_marked
-from mmar.eval.step_budget import RUN_HEADER, run_cells
+from mmar.eval.step_budget import RUN_HEADER, cap_minutes, run_cells
 from mmar.eval.video import MovingDigitsMetrics
 from mmar.lit.loading import load_generator
 from mmar.sampling import Sampler, sample_in_batches
@@ -140,7 +140,7 @@ def markdown(rows: list[dict]) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", nargs="*", default=RECIPES)
-    p.add_argument("--budget-minutes", type=float, default=40.0, help="wall-clock cap per unit's training")
+    p.add_argument("--budget-minutes", type=cap_minutes, default=40.0, help="training time cap per run")
     p.add_argument("--skip-training", action="store_true", help="score existing checkpoints only")
     p.add_argument("--per-class", type=int, default=4, help="clips per class (80 classes)")
     p.add_argument("--continued", type=int, default=320, help="held-out clips to continue")

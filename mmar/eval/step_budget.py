@@ -15,6 +15,7 @@ not the reference machine's). A row without a mark reads `ok`.
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from pathlib import Path
@@ -26,6 +27,14 @@ from mmar.errors import ConfigError
 SLOW_FACTOR = 1.5  # measured s/step above 1.5x the recipe's expectation marks the row `slow`
 RUN_HEADER = ["steps", "train (s)", "s / step", "run"]
 _EXPECTED = re.compile(r"^\s*#\s*expected_seconds_per_step:\s*(\d+(?:\.\d+)?)", re.MULTILINE)
+
+
+def cap_minutes(text: str) -> float:
+    """argparse type of a wall-clock cap in minutes: at least one second, so the trainer takes a step."""
+    minutes = float(text)
+    if minutes * 60 < 1:
+        raise argparse.ArgumentTypeError(f"{text} is under one second; give at least 0.02 (1 s)")
+    return minutes
 
 
 def max_time(minutes: float) -> str:
