@@ -103,10 +103,12 @@ def warn_if_marked(row: dict, budget_minutes: float) -> None:
     mark = run_mark(row)
     if mark in ("ok", "-"):
         return
+    per_step = seconds_per_step(row)
+    speed = "" if per_step is None else f" at {per_step:.2f} s a step"
     expected = row.get("expected_seconds_per_step")
+    speed += "" if expected is None else f" (its recipe expects {expected:g} s)"
     print(
-        f"warning: {row['recipe']} reached {row['steps']} of {row['steps_asked']} steps at "
-        f"{seconds_per_step(row) or float('nan'):.2f} s a step (expected {expected} s) under the "
+        f"warning: {row['recipe']} reached {row['steps']} of {row['steps_asked']} steps{speed} under the "
         f"{budget_minutes:g}-minute cap; its row is marked '{mark}' (raise --budget-minutes, or rerun on "
         "an idle machine)",
         file=sys.stderr,
