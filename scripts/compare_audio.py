@@ -1,33 +1,35 @@
 """Train the audio tokenizers and generators of configs/audio/ and compare them in two tables (docs/audio.md).
 
-    python scripts/compare_audio.py                          # train (timed), score, write docs/audio.md
+    python scripts/compare_audio.py                          # train, score, write docs/audio.md
     python scripts/compare_audio.py --part tokenizers        # only the tokenizer table
     python scripts/compare_audio.py --part generators --skip-training   # re-score trained generators
 
-Tokenizers: each recipe of --tokenizer-recipes is trained by `mmar fit` under --tokenizer-minutes (the
-trainer's max_time), then its exported tokenizer encodes and decodes --num-clips held-out notes
-(`mmar.eval.audio.reconstruction_report`): bitrate, multi-scale mel distance, SI-SDR, STFT distance and
-codebook usage; residual codecs also at every number of levels.
+Every recipe trains for its max_steps; the wall-clock budgets (--tokenizer-minutes, --budget-minutes, the
+trainer's max_time) are only caps. Both tables report the steps each run reached, its training time and
+seconds per step, and mark a run the cap stopped early (`capped`) or slower than its recipe's
+`# expected_seconds_per_step` (`slow Nx`; `mmar.eval.step_budget`), so a row means the same on every
+machine.
+
+Tokenizers: each recipe of --tokenizer-recipes is trained by `mmar fit`, then its exported tokenizer
+encodes and decodes --num-clips held-out notes (`mmar.eval.audio.reconstruction_report`): bitrate,
+multi-scale mel distance, SI-SDR, STFT distance and codebook usage; residual codecs also at every number
+of levels.
 
 Generators: every recipe of --recipes uses the same trunk (4 layers, width 128), data, optimiser and
-wall-clock budget (--budget-minutes). Each then samples --per-class clips of each of the 12 pitch classes
-(guidance --cfg-scale, constant; temperature 1; seed = batch index) and continues --num-clips held-out
-notes from their first --given-frames latent frames, conditioned on their own pitch class. The embedded
-pitch classifier (`mmar.eval.audio.NotesMetrics`) scores both: class accuracy and the classifier-feature
-Fréchet distance against held-out notes (not FAD); continuations are scored on what was generated, the
-given samples silenced (notes start at random onsets, so leading silence is ordinary input). Trunk passes
-per clip are counted during sampling;
-seconds per clip is the wall time of class-conditional sampling divided by the clips (CPU). One example
-per unit, its first sample of each pitch class C to B in a row, goes to docs/audio_<recipe>.wav (and .png,
-its spectrogram).
+cap. Each then samples --per-class clips of each of the 12 pitch classes (guidance --cfg-scale,
+constant; temperature 1; seed = batch index) and continues --num-clips held-out notes from their first
+--given-frames latent frames, conditioned on their own pitch class. The embedded pitch classifier
+(`mmar.eval.audio.NotesMetrics`) scores both: class accuracy and the classifier-feature Fréchet distance
+against held-out notes (not FAD); continuations are scored on what was generated, the given samples
+silenced (notes start at random onsets, so leading silence is ordinary input). Trunk passes per clip are
+counted during sampling; seconds per clip is the wall time of class-conditional sampling divided by the
+clips (CPU). One example per unit, its first sample of each pitch class C to B in a row, goes to
+docs/audio_<recipe>.wav (and .png, its spectrogram).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +39,10 @@ import yaml
 from mmar.audio_io import save_spectrogram, write_wav
 from mmar.data.audio import PITCH_CLASSES, EmbeddedNotesDataModule
 from mmar.eval.audio import NotesMetrics, reconstruction_report
-from mmar.eval.report import merge_rows, train_and_score, trainer_seconds, write_marked
+from mmar.eval.report import merge_rows, train_and_score, train_recipe, write_marked
+from mmar.eval.step_budget import RUN_HEADER, cap_minutes, run_cells, run_plan, warn_if_marked
 from mmar.lit.loading import load_generator
+from mmar.lit.run_record import read_run_record
 from mmar.sampling import Sampler, sample_in_batches
 from mmar.tokenizer import load_tokenizer
 
@@ -58,17 +62,13 @@ def held_out_notes(n: int, sample_rate: int, duration: float) -> dict[str, torch
 
 
 # ------------------------------------------------------------------------------------------- tokenizers
-def trained_steps(root: Path) -> int | None:
-    """The last step logged in the newest lightning_logs/version_*/metrics.csv under `root`."""
-    logs = sorted(root.glob("lightning_logs/version_*/metrics.csv"), key=lambda p: p.stat().st_mtime)
-    if not logs:
-        return None
-    with logs[-1].open() as f:
-        steps = [int(row["step"]) for row in csv.DictReader(f) if row.get("step")]
-    return max(steps) + 1 if steps else None
+def run_record_path(recipe: str) -> Path:
+    """Where a tokenizer run's RunRecord goes: its recipe's default_root_dir (it has no checkpoint)."""
+    config = yaml.safe_load(Path(recipe).read_text())
+    return Path(config["trainer"]["default_root_dir"]) / "run_record.json"
 
 
-def score_tokenizer(recipe: str, notes: dict, seconds: float | None) -> dict:
+def score_tokenizer(recipe: str, notes: dict, seconds: float | None, minutes: float) -> dict:
     config = yaml.safe_load(Path(recipe).read_text())
     tokenizer = load_tokenizer(config["model"]["init_args"]["export_dir"])
     with torch.no_grad():
@@ -76,10 +76,13 @@ def score_tokenizer(recipe: str, notes: dict, seconds: float | None) -> dict:
     row = {
         "recipe": recipe,
         "tokenizer": tokenizer.name,
-        "steps": trained_steps(Path(config["trainer"]["default_root_dir"])),
+        "steps": None,
         "train_seconds": seconds,
+        **read_run_record(run_record_path(recipe)),  # steps and the trainer's own clock
+        **run_plan(recipe),
         **report,
     }
+    warn_if_marked(row, minutes)
     if getattr(tokenizer, "num_quantizers", 1) > 1:  # every prefix of the residual levels is a codec
         per_level = []
         for q in range(1, tokenizer.num_quantizers + 1):
@@ -90,22 +93,8 @@ def score_tokenizer(recipe: str, notes: dict, seconds: float | None) -> dict:
     return row
 
 
-def train_tokenizer(recipe: str, minutes: float) -> float:
-    """`mmar fit --config recipe` under the budget; its wall time in seconds."""
-    whole, seconds = divmod(int(minutes * 60), 60)
-    start = time.perf_counter()
-    subprocess.run(
-        [
-            *("mmar", "fit", "--config", recipe, "--trainer.enable_progress_bar=false"),
-            f"--trainer.max_time=00:00:{whole:02d}:{seconds:02d}",
-        ],
-        check=True,
-    )
-    return time.perf_counter() - start
-
-
 def tokenizer_table(rows: list[dict]) -> str:
-    header = ["tokenizer", "recipe", "steps", "train (s)", "bitrate (bit/s)", "mel distance", "SI-SDR (dB)"]
+    header = ["tokenizer", "recipe", *RUN_HEADER, "bitrate (bit/s)", "mel distance", "SI-SDR (dB)"]
     header += ["STFT distance", "codebook usage per level", "mel distance / SI-SDR at 1, 2, ... levels"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     fmt = lambda value, spec: "n/a" if value is None else format(value, spec)
@@ -113,8 +102,8 @@ def tokenizer_table(rows: list[dict]) -> str:
         usage = r.get("codebook_usage")
         levels = r.get("per_level")
         lines.append(
-            f"| {r['tokenizer']} | {Path(r['recipe']).stem} | {r.get('steps') or 'n/a'} | "
-            f"{fmt(r.get('train_seconds'), '.0f')} | {fmt(r.get('bitrate'), '.0f')} | "
+            f"| {r['tokenizer']} | {Path(r['recipe']).stem} | {' | '.join(run_cells(r))} | "
+            f"{fmt(r.get('bitrate'), '.0f')} | "
             f"{r['mel_distance']:.3f} | {r['si_sdr']:.2f} | {r['stft_distance']:.3f} | "
             + (" / ".join(f"{u:.2f}" for u in usage) if usage else "continuous")
             + " | "
@@ -153,7 +142,6 @@ def score_generator(ckpt: Path, recipe: str, args, metrics: NotesMetrics, notes:
         "block": str((model.hparams.unit_kwargs or {}).get("block", "")),
         "parameters": sum(p.numel() for m in trained for p in m.parameters()),
         "steps": checkpoint["global_step"],
-        "trainer_seconds": trainer_seconds(checkpoint),
         "trunk_passes_per_clip": passes,
         "seconds_per_clip": seconds / len(clips),
         "num_clips": len(clips),
@@ -192,8 +180,7 @@ def generator_table(rows: list[dict]) -> str:
     header = [
         "unit",
         "tokens",
-        "steps",
-        "train (s)",
+        *RUN_HEADER,
         "passes / clip",
         "s / clip",
         "class acc.",
@@ -209,7 +196,7 @@ def generator_table(rows: list[dict]) -> str:
             tokens += f", {r['code_pattern']}" + (f" ({r['block']} blocks)" if r.get("block") else "")
         example = f"[wav](audio_{stem}.wav), [png](audio_{stem}.png)" if "steps" in r else "-"
         lines.append(
-            f"| {r['unit']} | {tokens} | {r.get('steps', 'n/a')} | {fmt(r, 'trainer_seconds', '.0f')} | "
+            f"| {r['unit']} | {tokens} | {' | '.join(run_cells(r))} | "
             f"{fmt(r, 'trunk_passes_per_clip', '.0f')} | {fmt(r, 'seconds_per_clip', '.3f')} | "
             f"{r['class_accuracy']:.3f} | {r['classifier_fd']:.2f} | "
             f"{fmt(r, 'classifier_fd_real_same_n', '.2f')} | "
@@ -223,8 +210,8 @@ def main(argv=None) -> None:
     p.add_argument("--part", choices=("all", "tokenizers", "generators"), default="all")
     p.add_argument("--tokenizer-recipes", nargs="*", default=TOKENIZER_RECIPES)
     p.add_argument("--recipes", nargs="*", default=RECIPES)
-    p.add_argument("--tokenizer-minutes", type=float, default=10.0, help="training budget per tokenizer")
-    p.add_argument("--budget-minutes", type=float, default=20.0, help="training budget per generator")
+    p.add_argument("--tokenizer-minutes", type=cap_minutes, default=30.0, help="wall-clock cap per tokenizer")
+    p.add_argument("--budget-minutes", type=cap_minutes, default=45.0, help="wall-clock cap per generator")
     p.add_argument("--skip-training", action="store_true", help="score what is already trained")
     p.add_argument("--per-class", type=int, default=20, help="clips per pitch class (12 classes)")
     p.add_argument("--num-clips", type=int, default=240, help="held-out notes (reconstruction, continuation)")
@@ -241,8 +228,10 @@ def main(argv=None) -> None:
     if args.part in ("all", "tokenizers"):
         rows = []
         for recipe in args.tokenizer_recipes:
-            seconds = None if args.skip_training else train_tokenizer(recipe, args.tokenizer_minutes)
-            rows.append(score_tokenizer(recipe, notes, seconds))
+            minutes = args.tokenizer_minutes
+            record = run_record_path(recipe)
+            seconds = None if args.skip_training else train_recipe(recipe, minutes, None, None, record)
+            rows.append(score_tokenizer(recipe, notes, seconds, minutes))
         order = TOKENIZER_RECIPES
         rows = merge_rows(rows, docs.with_name("audio_tokenizers.json"), "recipe", order, ["train_seconds"])
         write_marked(docs, "audio_tokenizers", tokenizer_table(rows), "Audio")

@@ -1,12 +1,14 @@
 """Train text-to-image recipes on the shapes captions and score them on the compositional benchmark.
 
-    python scripts/compare_t2i.py                     # train (timed), sample, score, write docs/t2i.md
+    python scripts/compare_t2i.py                     # train, sample, score, write docs/t2i.md
     python scripts/compare_t2i.py --skip-training     # re-score the checkpoints already trained
 
 Each recipe (configs/t2i/shapes_*.yaml generators; train the tokenizer and the caption cache first, see
-docs/t2i.md) trains under the same wall-clock budget (--budget-minutes, the trainer's max_time), then
-samples --per-prompt images for every prompt of the benchmark's two splits (`held_out`: a (colour,
-shape, column) triple never seen in training; `seen`) with `scripts/sample_t2i.py`, and
+docs/t2i.md) trains for its max_steps (or --steps), the wall-clock budget (--budget-minutes, the
+trainer's max_time) only a cap; a run the cap stopped early is marked `capped`, one slower than its
+recipe's `# expected_seconds_per_step` `slow Nx` (`mmar.eval.step_budget`). Each then samples
+--per-prompt images for every prompt of the benchmark's two splits (`held_out`: a (colour, shape,
+column) triple never seen in training; `seen`) with `scripts/sample_t2i.py`, and
 `mmar.eval.compositional` scores them per GenEval-style task. The sampler settings are the same for
 every unit: constant guidance 2.0 and temperature 0.7, chosen on the `seen` split only (never on the
 held-out prompts; see docs/t2i.md). The first row is the
@@ -24,6 +26,7 @@ import torch
 
 from mmar.eval.compositional import SPLITS, TASKS, benchmark_prompts, render_prompt, score_images
 from mmar.eval.report import merge_rows, train_and_score, write_marked
+from mmar.eval.step_budget import RUN_HEADER, cap_minutes, run_cells
 from tokenizers_visual import load_tokenizer
 
 TOKENIZER = "runs/t2i/vq/tokenizer"
@@ -70,21 +73,21 @@ def tokenizer_ceiling(path: str, per_prompt: int) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    header = ["unit", "steps", "train (s)", "passes / image", "split", *COLUMNS, "exact"]
+    header = ["unit", *RUN_HEADER, "passes / image", "split", *COLUMNS, "exact"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        train_s = "n/a" if r.get("train_seconds") is None else f"{r['train_seconds']:.0f}"
+        run = " | ".join(run_cells(r))
         for split in SPLITS:
             scores = " | ".join(f"{r[split][c]:.3f}" for c in [*COLUMNS, "exact"])
             name = split.replace("_", "-")
-            lines.append(f"| {r['unit']} | {r['steps']} | {train_s} | {r['passes']} | {name} | {scores} |")
+            lines.append(f"| {r['unit']} | {run} | {r['passes']} | {name} | {scores} |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", nargs="*", default=RECIPES[1:])
-    p.add_argument("--budget-minutes", type=float, default=20.0, help="wall-clock training budget per unit")
+    p.add_argument("--budget-minutes", type=cap_minutes, default=40.0, help="training time cap per run")
     p.add_argument("--steps", type=int, help="override every recipe's max_steps (default: the recipe's)")
     p.add_argument("--skip-training", action="store_true", help="score existing checkpoints only")
     p.add_argument("--per-prompt", type=int, default=8, help="images per benchmark prompt")

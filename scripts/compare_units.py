@@ -1,13 +1,16 @@
 """Train every prediction unit the same way on the embedded digits and compare them in one table.
 
-    python scripts/compare_units.py                       # train (timed), sample, score, write docs/units.md
+    python scripts/compare_units.py                       # train, sample, score, write docs/units.md
     python scripts/compare_units.py --skip-training       # re-score the checkpoints already trained
 
 Each recipe (the quickstart next-token generator and every configs/units/*.yaml) uses the same trunk
-(4 layers, width 128), data and optimiser, its own max_steps (or --steps for all) under the same
-wall-clock budget (--budget-minutes, passed as the trainer's max_time); the table reports the steps
-each one reached. Discrete units read the quickstart VQ tokenizer, continuous ones the KL-VAE of
-configs/tokenizers/digits_kl.yaml; train those first. Every unit then samples --per-class images per
+(4 layers, width 128), data and optimiser, and trains for its own max_steps (or --steps for all); the
+wall-clock budget (--budget-minutes, the trainer's max_time) is only a cap. The table reports the steps
+each run reached, its training time and seconds per step, and marks a run that the cap stopped early
+(`capped`) or that ran slower than its recipe's `# expected_seconds_per_step` (`slow Nx`; see
+`mmar.eval.step_budget`), so a row means the same on every machine. Discrete units read the
+quickstart VQ tokenizer, continuous ones the KL-VAE of configs/tokenizers/digits_kl.yaml; train those
+first. Every unit then samples --per-class images per
 class with guidance --cfg-scale (discrete units) or --cfg-scale-continuous with
 --cfg-schedule-continuous (flow-head units; constant 4.0 by default: at these short trainings it beats
 MAR's linear ramp on class accuracy), and the embedded digits metric scores them: class accuracy and
@@ -25,6 +28,7 @@ import torch
 
 from mmar.eval.embedded import DigitsMetrics
 from mmar.eval.report import merge_rows, train_and_score, write_marked
+from mmar.eval.step_budget import RUN_HEADER, cap_minutes, run_cells
 from mmar.lit.loading import load_generator
 from mmar.sampling import Sampler
 
@@ -58,14 +62,12 @@ def score(ckpt: Path, args: argparse.Namespace, metrics: DigitsMetrics) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    header = ["unit", "tokens", "params", "steps", "train (s)", "passes / image", "latency (ms / image)"]
+    header = ["unit", "tokens", "params", *RUN_HEADER, "passes / image", "latency (ms / image)"]
     header += ["class accuracy", "classifier FD"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        train_s = "n/a" if r.get("train_seconds") is None else f"{r['train_seconds']:.0f}"
         lines.append(
-            f"| {r['unit']} | {r['tokens']} | {r['parameters'] / 1e6:.2f}M | {r.get('steps', 'n/a')} | "
-            f"{train_s} | "
+            f"| {r['unit']} | {r['tokens']} | {r['parameters'] / 1e6:.2f}M | {' | '.join(run_cells(r))} | "
             f"{r['forward_passes_per_image']} | {r['latency_ms_per_image']:.1f} | "
             f"{r['digits_class_accuracy']:.3f} | {r['digits_classifier_fd']:.3f} |"
         )
@@ -75,7 +77,7 @@ def markdown(rows: list[dict]) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", nargs="*", default=RECIPES)
-    p.add_argument("--budget-minutes", type=float, default=8.0, help="wall-clock training budget per unit")
+    p.add_argument("--budget-minutes", type=cap_minutes, default=25.0, help="training time cap per run")
     p.add_argument("--steps", type=int, help="override every recipe's max_steps (default: the recipe's)")
     p.add_argument("--skip-training", action="store_true", help="score existing checkpoints only")
     p.add_argument("--per-class", type=int, default=50)

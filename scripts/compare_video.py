@@ -1,10 +1,12 @@
 """Train the moving-digits video generators of configs/video/ and compare them in one table (docs/video.md).
 
-    python scripts/compare_video.py                    # train (timed), sample, score, write docs/video.md
+    python scripts/compare_video.py                    # train, sample, score, write docs/video.md
     python scripts/compare_video.py --skip-training    # re-score the checkpoints already trained
 
-Every recipe uses the same trunk (4 layers, width 128), token cache, optimiser and wall-clock budget
-(--budget-minutes, the trainer's max_time), over the causal video tokenizer's 3 x 8 x 8 grid, conditioned on
+Every recipe uses the same trunk (4 layers, width 128), token cache and optimiser and trains for its
+max_steps, the wall-clock budget (--budget-minutes, the trainer's max_time) only a cap; the table marks a
+run the cap stopped early (`capped`) or slower than its recipe's `# expected_seconds_per_step` (`slow Nx`;
+`mmar.eval.step_budget`). The recipes run over the causal video tokenizer's 3 x 8 x 8 grid, conditioned on
 80 classes (10 digits x 8 directions of motion) or on the same in words ("a 3 moving left"). Each unit then
 samples --per-class clips of every class (guidance --cfg-scale, constant; temperature 1; batch 80; seed =
 batch index) and continues --continued held-out clips from their first latent frame (the first video frame);
@@ -27,7 +29,8 @@ import yaml
 
 from mmar.data.video import DIRECTIONS, NUM_CLASSES, MovingDigitsDataModule, captions_of
 from mmar.eval.fid import to_uint8
-from mmar.eval.report import merge_rows, train_and_score, trainer_seconds, write_marked
+from mmar.eval.report import merge_rows, train_and_score, write_marked
+from mmar.eval.step_budget import RUN_HEADER, cap_minutes, run_cells
 from mmar.eval.video import MovingDigitsMetrics
 from mmar.lit.loading import load_generator
 from mmar.sampling import Sampler, sample_in_batches
@@ -78,7 +81,6 @@ def score(ckpt: Path, args: argparse.Namespace, metrics: MovingDigitsMetrics, he
         "block": str(model.hparams.unit_kwargs.get("block", "")) if model.hparams.unit_kwargs else "",
         "parameters": sum(p.numel() for m in trained for p in m.parameters()),
         "steps": checkpoint["global_step"],
-        "trainer_seconds": trainer_seconds(checkpoint),
         "trunk_passes_per_clip": passes,
         "seconds_per_clip": seconds / len(clips),
         "num_clips": len(clips),
@@ -120,14 +122,14 @@ def reference_rows(metrics: MovingDigitsMetrics, held_out: dict, tokenizer: str)
 
 
 def markdown(rows: list[dict]) -> str:
-    header = ["unit", "block", "steps", "train (s)", "passes / clip", "s / clip", "class acc.", "motion acc."]
+    header = ["unit", "block", *RUN_HEADER, "passes / clip", "s / clip", "class acc.", "motion acc."]
     header += ["temporal consistency", "classifier FD", "continued: class acc.", "continued: motion acc."]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     fmt = lambda row, key, spec: "n/a" if row.get(key) is None else format(row[key], spec)
     for r in rows:
         lines.append(
-            f"| {r['unit']} | {r.get('block', '') or '-'} | {r.get('steps', 'n/a')} | "
-            f"{fmt(r, 'trainer_seconds', '.0f')} | {fmt(r, 'trunk_passes_per_clip', '.0f')} | "
+            f"| {r['unit']} | {r.get('block', '') or '-'} | {' | '.join(run_cells(r))} | "
+            f"{fmt(r, 'trunk_passes_per_clip', '.0f')} | "
             f"{fmt(r, 'seconds_per_clip', '.3f')} | {r['class_accuracy']:.3f} | {r['motion_accuracy']:.3f} | "
             f"{r['temporal_consistency']:.3f} | {r['classifier_fd']:.2f} | "
             f"{fmt(r, 'continued_class_accuracy', '.3f')} | {fmt(r, 'continued_motion_accuracy', '.3f')} |"
@@ -138,7 +140,7 @@ def markdown(rows: list[dict]) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", nargs="*", default=RECIPES)
-    p.add_argument("--budget-minutes", type=float, default=20.0, help="wall-clock training budget per unit")
+    p.add_argument("--budget-minutes", type=cap_minutes, default=40.0, help="training time cap per run")
     p.add_argument("--skip-training", action="store_true", help="score existing checkpoints only")
     p.add_argument("--per-class", type=int, default=4, help="clips per class (80 classes)")
     p.add_argument("--continued", type=int, default=320, help="held-out clips to continue")

@@ -1,6 +1,6 @@
-"""Measured tables in the docs: recipes trained under a wall-clock budget, rows kept in a JSON file next
-to a Markdown page, and the page's table between two markers rewritten from them, so one recipe can be
-re-measured without redoing the rest."""
+"""Measured tables in the docs: recipes trained by steps with a wall-clock cap (`step_budget`), rows kept
+in a JSON file next to a Markdown page, and the page's table between two markers rewritten from them, so
+one recipe can be re-measured without redoing the rest."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
 import yaml
+
+from mmar.eval.step_budget import max_time, run_plan, warn_if_marked
 
 
 def recipe_checkpoint(recipe: dict) -> Path:
@@ -29,15 +32,24 @@ def trainer_seconds(checkpoint: dict) -> float | None:
     return None if timer is None else timer["time_elapsed"]["train"]
 
 
-def train_recipe(config: str, budget_minutes: float, steps: int | None, ckpt: Path) -> float:
-    """`mmar fit --config config` under the budget (the trainer's max_time); its wall time in seconds."""
-    for stale in ckpt.parent.glob("last*.ckpt"):  # else Lightning writes last-v1.ckpt beside the old one
+def train_recipe(
+    config: str, budget_minutes: float, steps: int | None, ckpt: Path | None, record: Path | None = None
+) -> float:
+    """`mmar fit --config config` for its max_steps (or `steps`), the budget only a cap (the trainer's
+    max_time); its wall time in seconds. A stale `last.ckpt` beside `ckpt` is removed first; given
+    `record`, a `mmar.lit.run_record.RunRecord` writes the steps reached and the trainer's time there."""
+    for stale in ckpt.parent.glob("last*.ckpt") if ckpt else ():  # else Lightning writes last-v1.ckpt
         stale.unlink()
-    minutes, seconds = divmod(int(budget_minutes * 60), 60)
     start = time.perf_counter()
     command = ["mmar", "fit", "--config", config, "--trainer.enable_progress_bar=false"]
-    command += [f"--trainer.max_time=00:00:{minutes:02d}:{seconds:02d}"]
+    command += [f"--trainer.max_time={max_time(budget_minutes)}"]
     command += [f"--trainer.max_steps={steps}"] if steps else []
+    if record is not None:
+        record.unlink(missing_ok=True)
+        command += [
+            "--trainer.callbacks+=mmar.lit.run_record.RunRecord",
+            f"--trainer.callbacks.path={record}",
+        ]
     subprocess.run(command, check=True)
     return time.perf_counter() - start
 
@@ -50,8 +62,9 @@ def train_and_score(
     skip_training: bool = False,
 ) -> list[dict]:
     """Per recipe: train it (`train_recipe`, unless `skip_training`), then `score(recipe, checkpoint)`;
-    rows {"recipe", **score, "train_seconds"} (None when not trained now), printed as JSON lines. A
-    recipe without a checkpoint is reported and left out."""
+    rows {"recipe", **score, "train_seconds" (None when not trained now), "trainer_seconds", **run_plan},
+    printed as JSON lines, with a warning for a row that `step_budget.run_mark` marks. A recipe without
+    a checkpoint is reported and left out."""
     rows = []
     for config in recipes:
         ckpt = recipe_checkpoint(yaml.safe_load(Path(config).read_text()))
@@ -59,7 +72,10 @@ def train_and_score(
         if not ckpt.is_file():
             print(f"skipping {config}: no checkpoint at {ckpt} (train it first)", file=sys.stderr)
             continue
-        row = {"recipe": config, **score(config, ckpt), "train_seconds": seconds}
+        clock = trainer_seconds(torch.load(ckpt, map_location="cpu", weights_only=True))
+        row = {"recipe": config, **score(config, ckpt), "train_seconds": seconds, "trainer_seconds": clock}
+        row.update(run_plan(config, steps))
+        warn_if_marked(row, budget_minutes)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
