@@ -12,6 +12,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 from mmar.errors import ConfigError
+from mmar.lit.nonfinite import NonFiniteGuard
 
 
 class MMARCLI(LightningCLI):
@@ -27,6 +28,10 @@ class MMARCLI(LightningCLI):
             subclass_mode_data=True,
             **kwargs,
         )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # always on: a NaN/inf loss stops training (or skips the step) and never reaches a checkpoint
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
 
 
 def main(args: list[str] | None = None) -> None:
