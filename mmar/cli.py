@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import sys
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 from mmar.errors import ConfigError
 from mmar.lit.nonfinite import NonFiniteGuard
+from mmar.trainer_checks import check_trainer_settings
 
 
 class MMARCLI(LightningCLI):
@@ -33,6 +35,10 @@ class MMARCLI(LightningCLI):
         # always on: a NaN/inf loss stops training (or skips the step) and never reaches a checkpoint
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
 
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        check_trainer_settings(config.get("trainer") or {})
+
 
 def main(args: list[str] | None = None) -> None:
     """Console script `mmar`; bad input ends with one `error: ...` line and exit code 2."""
@@ -47,9 +53,12 @@ def main(args: list[str] | None = None) -> None:
 
 
 def _config_error_in(err: BaseException | None) -> ConfigError | None:
-    """The ConfigError behind `err`: jsonargparse wraps errors raised while instantiating classes."""
-    while err is not None and not isinstance(err, ConfigError):
+    """The ConfigError behind `err`: jsonargparse wraps errors raised while instantiating classes.
+    Lightning's MisconfigurationException (e.g. `max_steps=-5`) is a config error too."""
+    while err is not None and not isinstance(err, ConfigError | MisconfigurationException):
         err = err.__cause__ or err.__context__
+    if isinstance(err, MisconfigurationException):
+        return ConfigError(" ".join(str(err).split()))  # one line
     return err
 
 
