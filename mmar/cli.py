@@ -12,9 +12,9 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
+from mmar.cli_checks import check_no_null_arguments, check_trainer_settings
 from mmar.errors import ConfigError
 from mmar.lit.nonfinite import NonFiniteGuard
-from mmar.trainer_checks import check_trainer_settings
 
 
 class MMARCLI(LightningCLI):
@@ -35,15 +35,29 @@ class MMARCLI(LightningCLI):
         # always on: a NaN/inf loss stops training (or skips the step) and never reaches a checkpoint
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
 
+    def instantiate_trainer(self, **kwargs):
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (TypeError, ValueError, MisconfigurationException) as err:  # Lightning refusing a setting
+            if isinstance(err, ConfigError):
+                raise
+            raise ConfigError(f"the trainer settings are refused: {' '.join(str(err).split())}") from err
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_trainer_settings(config.get("trainer") or {})
+        for section in ("model", "data"):
+            chosen = config.get(section)
+            if getattr(chosen, "class_path", None) and chosen.get("init_args") is not None:
+                init_args = dict(chosen.init_args.items(branches=True))
+                check_no_null_arguments(section, chosen.class_path, init_args)
 
 
-def main(args: list[str] | None = None) -> None:
-    """Console script `mmar`; bad input ends with one `error: ...` line and exit code 2."""
+def main(args: list[str] | None = None, run: bool = True) -> None:
+    """Console script `mmar`; bad input ends with one `error: ...` line and exit code 2. `run=False`
+    only parses and builds model, data and trainer (no subcommand in `args`)."""
     try:
-        MMARCLI(args=args)
+        MMARCLI(args=args, run=run)
     except Exception as err:
         config_error = _config_error_in(err)
         if config_error is None:

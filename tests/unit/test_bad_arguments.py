@@ -69,3 +69,23 @@ def test_impossible_trainer_numbers_are_one_line_errors(arg, match, capsys, tmp_
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ") and match in last and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "arg, match",
+    [
+        ("--model.init_args.lr=null", "model.init_args.lr=null is not allowed (it takes a float); drop it"),
+        ("--data.init_args.batch_size=null", "batch_size=null is not allowed (it takes a int)"),
+    ],
+)
+def test_null_for_a_value_that_cannot_be_none_is_one_line_error(arg, match, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        mmar_main(["--config", "configs/debug/vq.yaml", arg], run=False)
+    assert exit_info.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_unknown_unit_kwargs_are_named():
+    from mmar.units import build_unit
+
+    with pytest.raises(ConfigError, match=r"unknown argument\(s\) \['bogus'\] of the next_token unit"):
+        build_unit("next_token", d_model=8, grid=(2, 2), vocab_size=4, bogus=1)
