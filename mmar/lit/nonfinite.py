@@ -66,7 +66,9 @@ class NonFiniteGuard(Callback):
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
         if getattr(trainer.precision_plugin, "scaler", None) is not None:
             return  # fp16 with a GradScaler: inf gradients are how it calibrates; it skips those steps itself
-        grads = {name: p.grad for name, p in pl_module.named_parameters() if p.grad is not None}
+        # this optimizer's gradients only: with several (a GAN's), another's are not this step's concern
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grads = {str(i): p.grad for i, p in enumerate(params)}
         finite = trainer.strategy.reduce_boolean_decision(not nonfinite_tensors(grads), all=True)
         if finite:
             self._in_a_row = 0
