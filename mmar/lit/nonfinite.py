@@ -91,6 +91,10 @@ class NonFiniteGuard(Callback):
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
         check_finite_weights(checkpoint.get("state_dict", {}), f"checkpoint at step {trainer.global_step}")
 
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        # resuming (`mmar fit --ckpt_path`) a diverged checkpoint would only train NaN further
+        check_finite_weights(checkpoint.get("state_dict", {}), str(trainer.ckpt_path or "--ckpt_path"))
+
     def state_dict(self) -> dict:
         return {"num_skipped": self.num_skipped}
 

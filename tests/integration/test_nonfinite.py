@@ -89,6 +89,17 @@ def test_no_checkpoint_is_written_with_nan_weights(tmp_path):
     assert not (tmp_path / "nan.ckpt").exists()
 
 
+def test_resuming_a_checkpoint_with_nan_weights_is_refused(tmp_path):
+    module = NaNAtSecondStep(bad=99)
+    trainer = pl.Trainer(max_steps=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    trainer.fit(module)  # no guard: a checkpoint as a diverged run without one would have left it
+    with torch.no_grad():
+        module.layer.weight.fill_(float("nan"))
+    trainer.save_checkpoint(tmp_path / "nan.ckpt")
+    with pytest.raises(ConfigError, match=r"nan.ckpt' has NaN/inf weights"):
+        tiny_trainer(NonFiniteGuard(), tmp_path, max_steps=2).fit(module, ckpt_path=tmp_path / "nan.ckpt")
+
+
 def test_guard_arguments_are_checked():
     with pytest.raises(ConfigError, match=r"nonfinite.action='ignore' is unknown"):
         NonFiniteGuard(action="ignore")
