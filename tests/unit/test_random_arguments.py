@@ -1,5 +1,6 @@
-"""Property test: random and mutated config values, unknown keys and wrong types on the CLI of the debug
-recipes end in one `error: ...` line (a ConfigError or a jsonargparse usage error), never a traceback.
+"""Property test: random and mutated config values, unknown keys and wrong types, given on the command line
+or written into a copy of a debug recipe's YAML, end in one `error: ...` line (a ConfigError or a
+jsonargparse usage error), never a traceback.
 
 The recipes are built, not trained (`main(run=False)`): model, data and trainer are constructed, so
 construction-time checks are covered; each example costs a fraction of a second."""
@@ -9,8 +10,10 @@ import inspect
 import io
 import json
 import math
+from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -48,9 +51,9 @@ def init_args(cls) -> list[str]:
 
 
 @st.composite
-def arguments(draw) -> tuple[str, list[str]]:
-    """A recipe and 1-3 command-line arguments: a known key (model, data, trainer, nonfinite) or an
-    unknown one, set to a random value of any type."""
+def arguments(draw) -> tuple[str, list[tuple[str, object]], bool]:
+    """A recipe, 1-3 (dotted key, value) pairs: a known key (model, data, trainer, nonfinite), an unknown
+    one or a whole section, set to a random value of any type; and whether they go into the YAML."""
     recipe = draw(st.sampled_from(sorted(RECIPES)))
     model, data = RECIPES[recipe]
     keys = st.one_of(
@@ -58,13 +61,30 @@ def arguments(draw) -> tuple[str, list[str]]:
         st.sampled_from(init_args(data)).map(lambda k: f"data.init_args.{k}"),
         st.sampled_from(TRAINER_KEYS).map(lambda k: f"trainer.{k}"),
         st.sampled_from(init_args(NonFiniteGuard)).map(lambda k: f"nonfinite.{k}"),
-        st.sampled_from(["model.init_args.bogus", "data.init_args.lr", "trainer.bogus", "bogus"]),
+        st.sampled_from(["model.init_args.bogus", "data.init_args.lr", "trainer.bogus", "bogus", "data"]),
     )
-    args = []
-    for key in draw(st.lists(keys, min_size=1, max_size=3, unique=True)):
-        value = draw(values)
-        args.append(f"--{key}={value if isinstance(value, str) else json.dumps(value)}")
-    return recipe, args
+    edits = [(key, draw(values)) for key in draw(st.lists(keys, min_size=1, max_size=3, unique=True))]
+    return recipe, edits, draw(st.booleans())
+
+
+def as_cli(edits) -> list[str]:
+    return [f"--{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in edits]
+
+
+def edited_recipe(recipe: str, edits, folder) -> str:
+    """A copy of `recipe` with each dotted key set to its value (sections created as needed)."""
+    config = yaml.safe_load(Path(recipe).read_text())
+    for key, value in edits:
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}  # a section the edits replaced by a value, or a new one
+            node = node[part]
+        node[leaf] = value
+    path = folder / f"edited_{abs(hash(repr((recipe, edits))))}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +95,11 @@ def root(tmp_path_factory):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(drawn=arguments())
 def test_random_arguments_end_in_one_error_line(drawn, debug_tokenizer, root):
-    recipe, args = drawn
+    recipe, edits, in_yaml = drawn
+    args = [] if in_yaml else as_cli(edits)
+    recipe = edited_recipe(recipe, edits, root) if in_yaml else recipe
     cli = ["--config", recipe, f"--trainer.default_root_dir={root}", "--trainer.logger=false", *args]
-    if recipe.endswith("ar.yaml"):
+    if drawn[0].endswith("ar.yaml"):
         cli.insert(2, f"--model.init_args.tokenizer={debug_tokenizer}")  # before args: they may replace it
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
