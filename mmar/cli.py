@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import sys
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
+from mmar.cli_checks import check_no_null_arguments, check_trainer_settings
 from mmar.errors import ConfigError
+from mmar.lit.nonfinite import NonFiniteGuard
 from mmar.lit.watch import watch_defaults
 
 
@@ -30,17 +33,36 @@ class MMARCLI(LightningCLI):
             **kwargs,
         )
 
+    def add_arguments_to_parser(self, parser) -> None:
+        # always on: a NaN/inf loss stops training (or skips the step) and never reaches a checkpoint
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+
     def instantiate_trainer(self, **kwargs):
         # not `trainer_defaults`: those are appended to a config's callbacks unconditionally, so a config
         # with its own progress bar, or without a logger, would fail
         trainer = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        return super().instantiate_trainer(**{**kwargs, **watch_defaults(trainer)})
+        try:
+            return super().instantiate_trainer(**{**kwargs, **watch_defaults(trainer)})
+        except (TypeError, ValueError, MisconfigurationException) as err:  # Lightning refusing a setting
+            if isinstance(err, ConfigError):
+                raise
+            raise ConfigError(f"the trainer settings are refused: {' '.join(str(err).split())}") from err
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        check_trainer_settings(config.get("trainer") or {})
+        for section in ("model", "data"):
+            chosen = config.get(section)
+            if getattr(chosen, "class_path", None) and chosen.get("init_args") is not None:
+                init_args = dict(chosen.init_args.items(branches=True))
+                check_no_null_arguments(section, chosen.class_path, init_args)
 
 
-def main(args: list[str] | None = None) -> None:
-    """Console script `mmar`; bad input ends with one `error: ...` line and exit code 2."""
+def main(args: list[str] | None = None, run: bool = True) -> None:
+    """Console script `mmar`; bad input ends with one `error: ...` line and exit code 2. `run=False`
+    only parses and builds model, data and trainer (no subcommand in `args`)."""
     try:
-        MMARCLI(args=args)
+        MMARCLI(args=args, run=run)
     except Exception as err:
         config_error = _config_error_in(err)
         if config_error is None:
@@ -50,9 +72,12 @@ def main(args: list[str] | None = None) -> None:
 
 
 def _config_error_in(err: BaseException | None) -> ConfigError | None:
-    """The ConfigError behind `err`: jsonargparse wraps errors raised while instantiating classes."""
-    while err is not None and not isinstance(err, ConfigError):
+    """The ConfigError behind `err`: jsonargparse wraps errors raised while instantiating classes.
+    Lightning's MisconfigurationException (e.g. `max_steps=-5`) is a config error too."""
+    while err is not None and not isinstance(err, ConfigError | MisconfigurationException):
         err = err.__cause__ or err.__context__
+    if isinstance(err, MisconfigurationException):
+        return ConfigError(" ".join(str(err).split()))  # one line
     return err
 
 

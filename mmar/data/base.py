@@ -23,6 +23,8 @@ class SplitDataModule(LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size} must be >= 1")
+        if num_workers < 0:
+            raise ConfigError(f"num_workers={num_workers} must be >= 0 (0 reads in the main process)")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.train_dataset: Dataset | None = None

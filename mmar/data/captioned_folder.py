@@ -271,6 +271,13 @@ class CaptionedImageFolderDataModule(SplitDataModule):
         self.random_flip = random_flip
 
     @property
+    def num_skipped(self) -> int:
+        """Images skipped as unreadable (train and val, in this process) plus those without a caption."""
+        datasets = [d for d in (self.train_dataset, self.val_dataset) if d is not None]
+        uncaptioned = datasets[0].num_uncaptioned if datasets else 0
+        return uncaptioned + sum(d.num_skipped for d in datasets)
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of every image."""
         return (self.channels, self.image_size, self.image_size)

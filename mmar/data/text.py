@@ -41,13 +41,14 @@ TEXT_SUFFIXES = (".txt", ".jsonl")
 CAPTION_IMAGE_SIZE = 32  # captions are drawn at the image size of the shapes text-to-image recipes
 
 
-def read_documents(root: str | os.PathLike) -> tuple[list[Document], int]:
+def read_documents(root: str | os.PathLike, strict: bool = False) -> tuple[list[Document], int]:
     """Documents of a folder (recursively, sorted paths) or of one `.txt` / `.jsonl` file.
 
     A `.txt` file is one document (doc_id: its path relative to `root`); a `.jsonl` file holds one
     document per line in the string field `text` (doc_id "relative/path.jsonl:LINE", lines from 1).
     Files that are not UTF-8 or cannot be read, and jsonl lines that are not JSON objects with a string
-    `text`, are skipped, counted and reported in one warning; empty texts and blank lines are ignored.
+    `text`, are skipped, counted and reported in one warning (with `strict`, the first one is a
+    ConfigError naming it); empty texts and blank lines are ignored.
 
     Returns:
         ([(doc_id, text)], number of skipped files and lines).
@@ -94,6 +95,11 @@ def read_documents(root: str | os.PathLike) -> tuple[list[Document], int]:
                 skipped.append(f"{rel}:{number}")
             elif record["text"]:
                 docs.append((f"{rel}:{number}", record["text"]))
+    if skipped and strict:
+        raise ConfigError(
+            f"unreadable text file or bad jsonl line '{skipped[0]}' under '{root}' ({len(skipped)} in all): "
+            "files must be UTF-8, jsonl lines JSON objects with a string 'text'; fix them or set strict=False"
+        )
     if skipped:
         log.warning(
             "skipped %d unreadable text files or bad jsonl lines under '%s' (e.g. '%s'): files must be "
@@ -235,6 +241,7 @@ class TextDataModule(SplitDataModule):
         seed: seed of the split and of the embedded captions.
         num_captions: shapes captions in the embedded corpus (root=None only).
         num_workers: DataLoader worker processes.
+        strict: raise ConfigError on an unreadable file or bad jsonl line instead of skipping it.
     """
 
     def __init__(
@@ -247,6 +254,7 @@ class TextDataModule(SplitDataModule):
         seed: int = 0,
         num_captions: int = 5000,
         num_workers: int = 0,
+        strict: bool = False,
     ):
         super().__init__(batch_size, num_workers)
         self.save_hyperparameters()
@@ -261,9 +269,15 @@ class TextDataModule(SplitDataModule):
         self.val_fraction = val_fraction
         self.seed = seed
         self.num_captions = num_captions
+        self.strict = strict
         self.skipped = 0
         self.num_documents = (0, 0)  # (train, val), filled by setup
         self.val_documents: list[Document] = []
+
+    @property
+    def num_skipped(self) -> int:
+        """Unreadable files and bad jsonl lines skipped by `setup` (the name the folder datamodules use)."""
+        return self.skipped
 
     @property
     def vocab_size(self) -> int:
@@ -286,7 +300,7 @@ class TextDataModule(SplitDataModule):
         if self.root is None:
             docs, self.skipped = embedded_corpus(self.num_captions, self.seed), 0
         else:
-            docs, self.skipped = read_documents(self.root)
+            docs, self.skipped = read_documents(self.root, self.strict)
         if not docs:
             raise ConfigError(f"no text documents in {where}; it needs non-empty .txt / .jsonl documents")
         train_docs, val_docs = split_documents(docs, self.val_fraction, self.seed)

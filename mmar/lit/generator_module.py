@@ -22,7 +22,7 @@ from mmar.code_patterns import CodePattern
 from mmar.conditioning import ConditionTokens, build_condition
 from mmar.errors import ConfigError
 from mmar.lit.batch_tokens import batch_tokens
-from mmar.lit.optim import configure_adamw
+from mmar.lit.optim import check_optimizer_settings, configure_adamw
 from mmar.sampling import Sampler
 from mmar.tokenizer import load_tokenizer
 from mmar.trunk import AdaLNConditioned, PrefixPadded, Trunk, trunk_config
@@ -79,6 +79,11 @@ class GeneratorModule(LightningModule):
             min_lr_ratio: final LR fraction of the cosine schedule.
         """
         super().__init__()
+        check_optimizer_settings(lr, betas, weight_decay, warmup_steps, lr_schedule, min_lr_ratio)
+        if image_size < 1 or (condition is None and num_classes < 1):
+            raise ConfigError(
+                f"model.image_size={image_size} and model.num_classes={num_classes} must be >= 1"
+            )
         if unit not in UNITS:
             raise ConfigError(
                 f"unknown prediction unit model.unit='{unit}'; registered units: {sorted(UNITS)}"

@@ -8,6 +8,7 @@ import torch
 
 from mmar.errors import ConfigError
 from mmar.lit.generator_module import GeneratorModule
+from mmar.lit.nonfinite import check_finite_weights
 from mmar.lit.stream_module import StreamModule
 
 
@@ -32,6 +33,7 @@ def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu") -
     """A GeneratorModule from a Lightning checkpoint, loaded weights-only (EMA weights if trained so)."""
     path = _checked(checkpoint, "mmar fit --config configs/quickstart/digits_ar.yaml")
     module = GeneratorModule.load_from_checkpoint(path, map_location=device, weights_only=True)
+    check_finite_weights(module.state_dict(), str(path))  # a diverged run's weights sample only garbage
     return module.to(device).eval()
 
 
@@ -43,4 +45,5 @@ def load_stream(
     path = _checked(checkpoint, "mmar fit --config configs/text/embedded_lm.yaml")
     overrides = {"text_tokenizer": text_tokenizer} if text_tokenizer else {}
     module = StreamModule.load_from_checkpoint(path, map_location=device, weights_only=True, **overrides)
+    check_finite_weights(module.state_dict(), str(path))
     return module.to(device).eval()

@@ -12,6 +12,27 @@ from mmar.errors import ConfigError
 LR_SCHEDULES = ("cosine", "constant")
 
 
+def check_optimizer_settings(
+    lr: float, betas, weight_decay: float, warmup_steps: int, lr_schedule: str, min_lr_ratio: float
+) -> None:
+    """ConfigError (one line naming the field) for settings no optimiser can run with; at construction,
+    so a bad number fails before any data is read, not as a torch traceback at the first step."""
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"model.init_args.lr={lr} must be a positive number (e.g. 3e-4)")
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ConfigError(
+            f"model.init_args.betas={list(betas)} must be two numbers in [0, 1) (e.g. [0.9, 0.95])"
+        )
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ConfigError(f"model.init_args.weight_decay={weight_decay} must be >= 0 (e.g. 0.05)")
+    if warmup_steps < 0:
+        raise ConfigError(f"model.init_args.warmup_steps={warmup_steps} must be >= 0")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"unknown lr_schedule '{lr_schedule}'; choose one of {LR_SCHEDULES}")
+    if not 0 <= min_lr_ratio <= 1:
+        raise ConfigError(f"model.init_args.min_lr_ratio={min_lr_ratio} must lie in [0, 1]")
+
+
 def warmup_schedule(step: int, warmup_steps: int, total_steps: int, schedule: str, min_ratio: float) -> float:
     """LR multiplier: linear warmup to 1, then cosine decay to `min_ratio` (or constant 1)."""
     if step < warmup_steps:

@@ -24,7 +24,7 @@ from mmar.errors import ConfigError
 from mmar.heads.categorical import CategoricalHead
 from mmar.kernels import Causal, linear_cross_entropy
 from mmar.lit.batch_tokens import batch_tokens
-from mmar.lit.optim import configure_adamw
+from mmar.lit.optim import check_optimizer_settings, configure_adamw
 from mmar.sampling import Sampler
 from mmar.stream import IMAGE, MODALITIES, TEXT, StreamLayout, StreamVocab, pad
 from mmar.text_tokenizer import TextTokenizer
@@ -72,6 +72,7 @@ class StreamModule(LightningModule):
             lr, betas, weight_decay, warmup_steps, lr_schedule, min_lr_ratio: AdamW and its schedule.
         """
         super().__init__()
+        check_optimizer_settings(lr, betas, weight_decay, warmup_steps, lr_schedule, min_lr_ratio)
         weights = {TEXT: 1.0, IMAGE: 1.0, **(loss_weights or {})}
         if set(weights) - set(MODALITIES) or any(w < 0 for w in weights.values()):
             raise ConfigError(f"loss_weights={loss_weights}: keys must be in {MODALITIES}, values >= 0")

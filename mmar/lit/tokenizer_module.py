@@ -60,7 +60,7 @@ from mmar.lit.losses import (
     multiscale_hinge_d_loss,
     multiscale_hinge_g_loss,
 )
-from mmar.lit.optim import LR_SCHEDULES, adamw, scheduled
+from mmar.lit.optim import adamw, check_optimizer_settings, scheduled
 from mmar.tokenizer import build_tokenizer, load_tokenizer
 
 RECON_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
@@ -137,8 +137,12 @@ class TokenizerModule(LightningModule):
         self.automatic_optimization = False
         if recon_loss not in RECON_LOSSES:
             raise ConfigError(f"recon_loss must be one of {sorted(RECON_LOSSES)}, got '{recon_loss}'")
-        if lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"unknown lr_schedule '{lr_schedule}'; choose one of {LR_SCHEDULES}")
+        check_optimizer_settings(lr, betas, weight_decay, warmup_steps, lr_schedule, min_lr_ratio)
+        if grad_clip < 0 or usage_buffer < 1 or gan_start_step < 0:
+            raise ConfigError(
+                f"grad_clip={grad_clip} and gan_start_step={gan_start_step} must be >= 0, "
+                f"usage_buffer={usage_buffer} >= 1"
+            )
         if trainable not in TRAINABLE:
             raise ConfigError(f"trainable must be one of {TRAINABLE}, got '{trainable}'")
         self.tokenizer = (

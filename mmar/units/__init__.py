@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from mmar.errors import ConfigError
 from mmar.units.base import PredictionUnit, UnitBatch, grid_positions
 from mmar.units.hi_mar import HiMAR
@@ -27,6 +29,12 @@ def build_unit(name: str, **kwargs) -> PredictionUnit:
     """Instantiate the unit registered as `name` with its constructor kwargs."""
     if name not in UNITS:
         raise ConfigError(f"unknown prediction unit '{name}'; registered units: {sorted(UNITS)}")
+    params = inspect.signature(UNITS[name]).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        raise ConfigError(
+            f"unknown argument(s) {unknown} of the {name} unit in model.unit_kwargs; valid: {sorted(params)}"
+        )
     return UNITS[name](**kwargs)
 
 
