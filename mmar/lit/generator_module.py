@@ -102,6 +102,8 @@ class GeneratorModule(LightningModule):
                 f"(vocabulary {self.tokenizer.vocab_size}); use the tokenizer the generator was trained with"
             )
         self.input_shape = self._input_shape(tokenizer, image_size, num_frames, duration)
+        if self.tokenizer.modality != "audio":
+            self.tokenizer.check_image_size(image_size, tokenizer)
         self.code_grid = self.tokenizer.grid(self.input_shape)  # the tokenizer's grid
         self.pattern = CodePattern(code_pattern, self.tokenizer.token_shape)
         self.grid, token_shape = self.pattern.grid(self.code_grid)  # the unit's grid
@@ -333,6 +335,9 @@ class GeneratorModule(LightningModule):
                 f"but the generator's condition uses {text[0]} (max_length {text[1]}); match them or "
                 "rebuild the cache with scripts/cache_tokens.py --text-encoder ... --max-length ..."
             )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tokenizer_config"] = self.tokenizer.saved_config()  # `mmar export` needs no paths
 
     def configure_optimizers(self):
         return configure_adamw(self, torch.nn.ModuleList([self.trunk, self.conditioning, self.unit]))
