@@ -31,14 +31,16 @@ def atomic_write(target: str | os.PathLike, write: Callable[[str], None]) -> Non
             os.remove(tmp)
 
 
+def write_npz(tmp: str, **arrays) -> None:
+    """A writer for `atomic_write` / `write_outputs`: `np.savez` through a file object (np.savez would
+    append .npz to a path)."""
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
 def save_npz(target: str | os.PathLike, **arrays) -> None:
-    """`np.savez` to `target`, atomically (through a file object: np.savez would append .npz to a path)."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    atomic_write(target, write)
+    """`np.savez` to `target`, atomically."""
+    atomic_write(target, lambda tmp: write_npz(tmp, **arrays))
 
 
 def load_uint8_npz(source: str | os.PathLike, keys: tuple[str, ...], layout: str) -> np.ndarray:

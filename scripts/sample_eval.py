@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmar.errors import ConfigError, run_or_exit
 from mmar.eval.fid import to_uint8
-from mmar.io import save_npz
+from mmar.io import atomic_write, save_npz, write_json
 from mmar.lit.loading import load_generator
 from mmar.sampling import Sampler, add_sampler_arguments, sampler_from_arguments
 
@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> dict:
         "sampler": {**dataclasses.asdict(sampler), "seed": args.seed},
         "seeds": f"batch b of {args.batch_size} images: seed {args.seed} + b",
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write(out / "metrics.json", lambda tmp: write_json(tmp, metrics))
     return metrics
 
 
