@@ -102,9 +102,9 @@ class GeneratorModule(LightningModule):
                 f"(vocabulary {self.tokenizer.vocab_size}); use the tokenizer the generator was trained with"
             )
         self.input_shape = self._input_shape(tokenizer, image_size, num_frames, duration)
+        self.code_grid = self.tokenizer.grid(self.input_shape)  # the tokenizer's grid
         if self.tokenizer.modality != "audio":
             self.tokenizer.check_image_size(image_size, tokenizer)
-        self.code_grid = self.tokenizer.grid(self.input_shape)  # the tokenizer's grid
         self.pattern = CodePattern(code_pattern, self.tokenizer.token_shape)
         self.grid, token_shape = self.pattern.grid(self.code_grid)  # the unit's grid
         if self.pattern.fixed(self.code_grid[0]) is not None and unit != "next_token":
