@@ -20,6 +20,7 @@ needs neither the training folders nor the data.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -63,7 +64,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike) -> 
     before it takes the place of `out`."""
 
     def write(tmp: Path) -> None:
-        ExportedModel(module_from_checkpoint(checkpoint)).save_pretrained(tmp)
+        training = training_record(checkpoint)
+        ExportedModel(module_from_checkpoint(checkpoint), training).save_pretrained(tmp)
         load_exported(tmp)  # never publish a folder that does not load
 
     atomic_dir(out, write)
@@ -142,8 +144,21 @@ def _load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], path,
         raise ConfigError(f"'{path}' {what} weights {names} for this model; it was saved by another version")
 
 
-def save_exported(module: Exportable, folder: str | os.PathLike) -> None:
-    """Write `module` (GeneratorModule, StreamModule or Tokenizer) into `folder` in the export layout."""
+def training_record(source: str | os.PathLike) -> dict[str, Any]:
+    """How a model was trained, from its checkpoint or exported folder: {"global_step", "datamodule"} (the
+    DataModule's hyper-parameters, e.g. for scripts that rebuild the validation split); {} when unknown."""
+    if Path(source).is_dir():
+        return read_json(Path(source) / CONFIG_NAME).get("training", {})
+    checkpoint = read_checkpoint(source, mmap=True)
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    data = {k: v for k, v in data.items() if not k.startswith("_")}  # not LightningCLI's own keys
+    record = {"global_step": checkpoint.get("global_step"), "datamodule": data}
+    return json.loads(json.dumps(record, default=str))  # JSON-safe: paths and the like as strings
+
+
+def save_exported(module: Exportable, folder: str | os.PathLike, training: dict | None = None) -> None:
+    """Write `module` (GeneratorModule, StreamModule or Tokenizer) into `folder` in the export layout, with
+    the `training_record` it came from when given."""
     folder = Path(folder)
     if isinstance(module, Tokenizer):
         module.save_pretrained(folder)
@@ -169,7 +184,7 @@ def save_exported(module: Exportable, folder: str | os.PathLike) -> None:
         if not k.startswith(tuple(skipped))
     }
     atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp))
-    config = {"mmar_module": kind, "init_args": init_args}
+    config = {"mmar_module": kind, "init_args": init_args, **({"training": training} if training else {})}
     atomic_write(folder / CONFIG_NAME, lambda tmp: write_json(tmp, config))
 
 
@@ -230,11 +245,11 @@ class ExportedModel(ModelHubMixin, library_name="mmar", tags=["mmar"]):
     Tokenizer).
     """
 
-    def __init__(self, module: Exportable):
-        self.module = module
+    def __init__(self, module: Exportable, training: dict | None = None):
+        self.module, self.training = module, training
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        save_exported(self.module, save_directory)
+        save_exported(self.module, save_directory, self.training)
 
     @classmethod
     def _from_pretrained(

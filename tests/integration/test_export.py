@@ -126,12 +126,15 @@ def test_text_lm_export_from_checkpoint(debug_text_tokenizer, tmp_path, load_scr
     tokenizer_args = [f"--model.init_args.text_tokenizer={tok}", f"--data.init_args.tokenizer={tok}"]
     mmar_main([*args, *tokenizer_args, f"--trainer.callbacks={callback}", "--trainer.max_steps=1", *QUIET])
     ckpt = next(ckpt_dir.glob("*.ckpt"))
+    sample, evaluate = load_script("sample_text"), load_script("eval_text_lm")
+    args = ["--prompt", "The", "--max-tokens", "3"]
+    expected = sample.run(sample.parse_args(["--ckpt", str(ckpt), *args]))
+    score = evaluate.run(evaluate.parse_args(["--ckpt", str(ckpt)]))
     mmar_main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "lm")])
-    sample = load_script("sample_text")
-    args = ["--ckpt", str(tmp_path / "lm"), "--prompt", "The", "--max-tokens", "3"]
-    assert sample.run(sample.parse_args(args)) == sample.run(
-        sample.parse_args([*args[:1], str(ckpt), *args[2:]])
-    )
+    shutil.rmtree(ckpt_dir)
+    assert sample.run(sample.parse_args(["--ckpt", str(tmp_path / "lm"), *args])) == expected
+    exported = evaluate.run(evaluate.parse_args(["--ckpt", str(tmp_path / "lm")]))
+    assert exported["rows"] == score["rows"] and exported["steps"] == score["steps"] == 1
 
 
 def tokenizer_checkpoint(tmp_path, image_size: int = 16):
