@@ -28,7 +28,11 @@ from mmar.lit.loading import load_stream
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="a StreamModule checkpoint trained on a TextDataModule")
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        help="a StreamModule checkpoint or exported folder, trained on a TextDataModule",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--docs", help="a Markdown page to write the table into (e.g. docs/text.md)")

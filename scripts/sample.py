@@ -25,7 +25,9 @@ from mmar.sampling import add_sampler_arguments, class_labels, sample_in_batches
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="generator checkpoint (.ckpt)")
+    p.add_argument(
+        "--ckpt", required=True, help="generator checkpoint (.ckpt) or exported folder (mmar export)"
+    )
     p.add_argument("--out", default="runs/samples", help="output folder")
     p.add_argument("--per-class", type=int, default=10, help="samples per class")
     p.add_argument("--classes", type=int, nargs="*", help="class ids (default: all)")

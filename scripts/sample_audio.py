@@ -42,7 +42,9 @@ from mmar.sampling import (
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="audio generator checkpoint (.ckpt)")
+    p.add_argument(
+        "--ckpt", required=True, help="audio generator checkpoint (.ckpt) or exported folder (mmar export)"
+    )
     p.add_argument("--out", default="runs/audio/samples", help="output folder")
     p.add_argument("--classes", type=int, nargs="*", help="class ids (default: all; continuation: see above)")
     p.add_argument("--per-class", type=int, default=4, help="clips per class (class-conditional)")

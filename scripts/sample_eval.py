@@ -46,7 +46,9 @@ from mmar.sampling import Sampler, add_sampler_arguments, sampler_from_arguments
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="generator checkpoint (.ckpt)")
+    p.add_argument(
+        "--ckpt", required=True, help="generator checkpoint (.ckpt) or exported folder (mmar export)"
+    )
     p.add_argument("--out", required=True, help="output folder (images/, samples.npz, metrics.json)")
     p.add_argument("--per-class", type=int, default=50, help="images per class (ADM: 50)")
     p.add_argument("--batch-size", type=int, default=50, help="images per batch; part of each image's seed")

@@ -61,7 +61,11 @@ GRID_PAD = 4
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="text-conditional generator checkpoint (.ckpt)")
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        help="text-conditional generator checkpoint (.ckpt) or exported folder (mmar export)",
+    )
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompts", help="file of prompts: .txt one a line, .jsonl one {'prompt': ...} a line")
     p.add_argument(

@@ -50,7 +50,9 @@ NUM_LABELS = NUM_CLASSES * len(DIRECTIONS)  # moving digits: a class per digit a
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="video generator checkpoint (.ckpt)")
+    p.add_argument(
+        "--ckpt", required=True, help="video generator checkpoint (.ckpt) or exported folder (mmar export)"
+    )
     p.add_argument("--out", default="runs/video/samples", help="output folder")
     p.add_argument("--classes", type=int, nargs="*", help="class ids (default: all; continuation: see above)")
     p.add_argument("--per-class", type=int, default=4, help="clips per class (class-conditional)")
