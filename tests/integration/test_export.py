@@ -110,6 +110,10 @@ def test_stream_export_carries_its_text_and_image_tokenizers(debug_stream, tmp_p
     assert loaded.text_tokenizer.digest == debug_stream.text_tokenizer.digest
     for name, value in debug_stream.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
+    (tmp_path / "stream" / "text_tokenizer" / "tokenizer.json").write_text('{"model": ')  # truncated
+    with pytest.raises(ConfigError, match=r"text_tokenizer/tokenizer\.json' is not a tokenizers JSON") as err:
+        load_stream(tmp_path / "stream")
+    assert "\n" not in str(err.value)
 
 
 def test_text_lm_export_from_checkpoint(debug_text_tokenizer, tmp_path, load_script):
@@ -254,3 +258,20 @@ def test_a_config_missing_a_field_is_one_line_naming_it(run, tmp_path, drop, mes
     file.write_text(json.dumps(config))
     with pytest.raises(ConfigError, match=message):
         load_generator(folder)
+
+
+def test_a_failed_sampling_run_leaves_the_previous_results(run, tmp_path, load_script, monkeypatch):
+    _, ckpt = run
+    sample, out = load_script("sample"), tmp_path / "samples"
+    args = ["--ckpt", str(ckpt), "--out", str(out), "--per-class", "1", "--classes", "3"]
+    sample.main(args)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["grid.png", "metrics.json", "samples.npz"]
+
+    def broken_grid(*args, **kwargs):
+        raise RuntimeError("the grid could not be drawn")
+
+    monkeypatch.setattr(sample, "save_image", broken_grid)
+    with pytest.raises(RuntimeError, match="grid could not be drawn"):
+        sample.main([*args, "--seed", "1"])  # samples.npz would be written before grid.png
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
