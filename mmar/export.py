@@ -237,7 +237,19 @@ def load_exported(folder: str | os.PathLike, device: str | torch.device = "cpu")
     return module.to(device).eval()
 
 
-class ExportedModel(ModelHubMixin, library_name="mmar", tags=["mmar"]):
+MODEL_CARD = """---
+{{ card_data }}
+---
+
+An mmar model written by `mmar export` (config.json + model.safetensors, tokenizers in their own folders).
+Load it with `mmar.lit.loading.load_generator(folder)` (generators), `load_stream(folder)` (text and unified
+models), `mmar.tokenizer.load_tokenizer(folder)` (tokenizers), or from the Hub with
+`mmar.export.ExportedModel.from_pretrained(repo_id).module`; every mmar sampling script takes the folder as
+`--ckpt`.
+"""
+
+
+class ExportedModel(ModelHubMixin, library_name="mmar", tags=["mmar"], model_card_template=MODEL_CARD):
     """An mmar model as a Hugging Face Hub folder.
 
     `ExportedModel(module).save_pretrained(dir)` or `.push_to_hub(repo_id)` writes the export layout;

@@ -17,6 +17,12 @@ from safetensors.torch import load_file
 from mmar.errors import ConfigError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(target: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call `write(tmp_path)` on a temporary file next to `target`, then rename it onto `target`."""
     target = Path(target)
@@ -25,6 +31,7 @@ def atomic_write(target: str | os.PathLike, write: Callable[[str], None]) -> Non
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make results private to their writer
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -68,6 +75,7 @@ def write_outputs(folder: str | os.PathLike, writers: dict[str, Callable[[str], 
             os.close(fd)
             written[name] = tmp
             write(tmp)
+            os.chmod(tmp, 0o666 & ~_umask())
         for name, tmp in written.items():
             os.replace(tmp, folder / name)
     finally:
@@ -90,6 +98,7 @@ def atomic_dir(target: str | os.PathLike, write: Callable[[Path], None]) -> None
     old = target.with_name(f".{target.name}.old")
     try:
         write(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make the folder private to its writer
         if target.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)  # two renames: a folder cannot be replaced in one

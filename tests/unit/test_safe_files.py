@@ -1,6 +1,7 @@
 """Atomic writes (checkpoints, folders, a run's result files) and weights-only checkpoint reads."""
 
 import argparse
+import os
 
 import lightning.fabric.plugins.io.torch_io as torch_io
 import pytest
@@ -12,6 +13,12 @@ from mmar.checkpoint_io import SafeCheckpointIO, read_checkpoint, use_safe_check
 from mmar.cli import MMARCLI
 from mmar.errors import ConfigError
 from mmar.io import atomic_dir, write_json, write_outputs
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def crash_midway(checkpoint, path):
@@ -79,6 +86,7 @@ def test_result_files_are_replaced_all_or_nothing(tmp_path):
     assert (tmp_path / "metrics.json").read_text() == "old"
     write_outputs(tmp_path, {"metrics.json": lambda tmp: write_json(tmp, {"v": 3})})
     assert (tmp_path / "metrics.json").read_text() == '{\n  "v": 3\n}'
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o666 & ~umask()  # not mkstemp's 0600
 
 
 def fail_after_write(tmp):
@@ -97,4 +105,5 @@ def test_atomic_dir_keeps_the_old_folder_on_failure(tmp_path):
     assert (tmp_path / "out" / "a").read_text() == "1"
     atomic_dir(tmp_path / "out", lambda d: (d / "b").write_text("3"))
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["b"]
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~umask()  # not mkdtemp's 0700
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
