@@ -188,11 +188,6 @@ def save_exported(module: Exportable, folder: str | os.PathLike, training: dict 
     atomic_write(folder / CONFIG_NAME, lambda tmp: write_json(tmp, config))
 
 
-def is_exported(path: str | os.PathLike) -> bool:
-    """Whether `path` is an exported folder (a module or a tokenizer) rather than a checkpoint file."""
-    return Path(path).is_dir()
-
-
 def exported_kind(folder: str | os.PathLike) -> str:
     """ "GeneratorModule", "StreamModule" or "Tokenizer": what an exported folder holds."""
     config_file = Path(folder) / CONFIG_NAME

@@ -12,6 +12,8 @@ from conftest import fit_three_steps
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from mmar import checkpoint_io
+from mmar.checkpoint_io import read_checkpoint as read
 from mmar.cli import main as mmar_main
 from mmar.data import DigitsDataModule
 from mmar.errors import ConfigError
@@ -275,3 +277,22 @@ def test_a_failed_sampling_run_leaves_the_previous_results(run, tmp_path, load_s
     with pytest.raises(RuntimeError, match="grid could not be drawn"):
         sample.main([*args, "--seed", "1"])  # samples.npz would be written before grid.png
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_the_cli_saves_and_resumes_through_the_safe_checkpoint_io(tmp_path, monkeypatch):
+    callback = {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"dirpath": str(tmp_path)},
+    }
+    args = ["fit", "--config", "configs/debug/vq.yaml", f"--trainer.default_root_dir={tmp_path}", *QUIET]
+    args += ["--trainer.enable_checkpointing=true", f"--trainer.callbacks={json.dumps([callback])}"]
+    mmar_main([*args, "--trainer.max_steps=1"])
+    first = next(tmp_path.glob("*.ckpt"))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+    reads = []
+    monkeypatch.setattr(
+        checkpoint_io, "read_checkpoint", lambda path, **kw: reads.append(path) or read(path, **kw)
+    )
+    mmar_main([*args, "--trainer.max_steps=2", f"--ckpt_path={first}"])
+    assert reads == [str(first)]  # the trainer's load went through SafeCheckpointIO
+    assert torch.load(tmp_path / "epoch=0-step=2.ckpt", weights_only=True)["global_step"] == 2
