@@ -42,10 +42,9 @@ class MMARCLI(LightningCLI):
             read_checkpoint(ckpt_path, mmap=True)
         super()._parse_ckpt_path()
 
-    def instantiate_trainer(self, **kwargs):
-        trainer = super().instantiate_trainer(**kwargs)
-        use_safe_checkpoint_io(trainer)
-        return trainer
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        use_safe_checkpoint_io(self.trainer)  # before any subcommand saves or loads a checkpoint
 
 
 def export_main(args: list[str]) -> None:

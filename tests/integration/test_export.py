@@ -19,7 +19,7 @@ from mmar.data import DigitsDataModule
 from mmar.errors import ConfigError
 from mmar.export import ExportedModel, export_checkpoint
 from mmar.lit import GeneratorModule, TokenizerModule
-from mmar.lit.loading import load_generator, load_stream
+from mmar.lit.loading import is_stream_checkpoint, load_generator, load_stream
 from mmar.sampling import Sampler
 from mmar.tokenizer import load_tokenizer
 
@@ -50,7 +50,7 @@ def test_export_loads_after_the_run_folder_is_deleted(run, tmp_path, load_script
     files = sorted(p.name for p in (tmp_path / "export").iterdir())
     assert files == ["README.md", "config.json", "model.safetensors", "tokenizer"]
     loaded = load_generator(tmp_path / "export")
-    assert torch.equal(samples(loaded), expected)
+    assert torch.equal(samples(loaded), expected) and not is_stream_checkpoint(tmp_path / "export")
     out = tmp_path / "samples"
     load_script("sample").main(["--ckpt", str(tmp_path / "export"), "--out", str(out), "--per-class", "1"])
     assert {"grid.png", "samples.npz", "metrics.json"} <= {p.name for p in out.iterdir()}
@@ -109,6 +109,7 @@ def test_stream_export_carries_its_text_and_image_tokenizers(debug_stream, tmp_p
     ExportedModel(debug_stream).save_pretrained(tmp_path / "stream")
     assert (tmp_path / "stream" / "text_tokenizer" / "tokenizer.json").is_file()
     loaded = load_stream(tmp_path / "stream")
+    assert is_stream_checkpoint(tmp_path / "stream")  # how sample_t2i tells the two kinds apart
     assert loaded.text_tokenizer.digest == debug_stream.text_tokenizer.digest
     for name, value in debug_stream.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
