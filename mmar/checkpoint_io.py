@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +33,25 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bo
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:  # weights_only refused a global: a pickled object, not weights
         raise ConfigError(
-            f"checkpoint '{path}' holds pickled Python objects, which mmar never loads (weights_only): "
-            f"{first_line(err).split('WeightsUnpickler error: ')[-1]}; save only tensors and primitives"
+            f"checkpoint '{path}' holds pickled Python objects ({_refused_global(err)}), which mmar never "
+            "loads (weights_only); save only tensors and primitives in checkpoints"
         ) from None
     except Exception as err:  # truncated zip, bad magic, I/O error ...
+        # torch's own message for a cut-off file can be a bare "Invalid argument": say what it means
+        cause = first_line(err) if zipfile.is_zipfile(path) else "not a complete torch zip archive"
         raise ConfigError(
-            f"checkpoint '{path}' is truncated or corrupt ({first_line(err)}); use another checkpoint "
-            "(e.g. an earlier one) or retrain"
+            f"checkpoint '{path}' is truncated or corrupt ({cause}); use another checkpoint (e.g. an earlier "
+            "one) or retrain"
         ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ConfigError(f"'{path}' is not a Lightning checkpoint (no state_dict); pass one from `mmar fit`")
     return checkpoint
+
+
+def _refused_global(err: pickle.UnpicklingError) -> str:
+    """The object torch's weights-only unpickler refused, e.g. "GLOBAL argparse.Namespace"."""
+    found = re.search(r"Unsupported global: (GLOBAL \S+)", str(err))
+    return found.group(1) if found else first_line(err)
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -50,7 +60,8 @@ class SafeCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if "://" in str(path):  # remote filesystems (fsspec): Lightning's own save
             return super().save_checkpoint(checkpoint, path, storage_options)
-        atomic_write(path, lambda tmp: super(SafeCheckpointIO, self).save_checkpoint(checkpoint, tmp))
+        save = super().save_checkpoint
+        atomic_write(path, lambda tmp: save(checkpoint, tmp, storage_options))
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict:
         """Always weights-only, whatever the caller asks (`weights_only` is accepted for the interface)."""
