@@ -72,9 +72,12 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike) -> 
     return Path(out)
 
 
-def module_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Exportable:
+def module_from_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu", text_tokenizer: str | None = None
+) -> Exportable:
     """The model of a `.ckpt`, rebuilt without the training paths: a GeneratorModule or StreamModule in
-    eval mode, or for a TokenizerModule checkpoint the Tokenizer it trains."""
+    eval mode, or for a TokenizerModule checkpoint the Tokenizer it trains. `text_tokenizer` replaces a
+    StreamModule's own (checked to be the same: vocabulary and digest)."""
     checkpoint = read_checkpoint(path, map_location=device)
     hparams, state = init_args_of(checkpoint.get("hyper_parameters", {})), checkpoint["state_dict"]
     kind = _module_name(hparams, path)
@@ -82,9 +85,9 @@ def module_from_checkpoint(path: str | os.PathLike, device: str | torch.device =
         if kind == "TokenizerModule":
             return _tokenizer_from(checkpoint, "tokenizer", hparams.get("tokenizer"), path).eval()
         if kind == "StreamModule":
-            text = checkpoint.get("text_tokenizer_json")
-            if text is None:  # saved before checkpoints carried it: the training path must still exist
-                text = TextTokenizer.load(hparams["text_tokenizer"]).tokenizer.to_str()
+            text = None if text_tokenizer else checkpoint.get("text_tokenizer_json")
+            if text is None:  # given, or saved before checkpoints carried it: read from its path
+                text = TextTokenizer.load(text_tokenizer or hparams["text_tokenizer"]).tokenizer.to_str()
             atomic_write(Path(tmp) / TEXT_TOKENIZER_FILE, lambda file: Path(file).write_text(text))
             hparams["text_tokenizer"] = str(Path(tmp) / TEXT_TOKENIZER_FILE)
         field = TOKENIZER_FIELDS[kind][0]
@@ -202,9 +205,11 @@ def exported_kind(folder: str | os.PathLike) -> str:
     return config["mmar_module"]
 
 
-def load_exported(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Exportable:
+def load_exported(
+    folder: str | os.PathLike, device: str | torch.device = "cpu", text_tokenizer: str | None = None
+) -> Exportable:
     """The model of an exported folder, in eval mode; ConfigError naming the file that is missing a field,
-    corrupt or truncated."""
+    corrupt or truncated. `text_tokenizer` replaces a StreamModule's own (checked to be the same)."""
     folder = Path(folder)
     kind = exported_kind(folder)
     if kind == "Tokenizer":
@@ -226,6 +231,8 @@ def load_exported(folder: str | os.PathLike, device: str | torch.device = "cpu")
     for field in (*TOKENIZER_FIELDS[kind], "text_tokenizer"):  # relative to the folder
         if isinstance(init_args.get(field), str):
             init_args[field] = str(folder / init_args[field])
+    if text_tokenizer and kind == "StreamModule":
+        init_args["text_tokenizer"] = text_tokenizer
     module = cls(**init_args)
     weights = read_safetensors(folder / WEIGHTS_NAME, device)
     _load_weights(module, weights, folder / WEIGHTS_NAME, skip=TOKENIZER_FIELDS[kind])

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
+from mmar.checkpoint_io import read_checkpoint
 from mmar.errors import ConfigError
 from mmar.export import exported_kind, load_exported, module_from_checkpoint
 from mmar.lit.generator_module import GeneratorModule
 from mmar.lit.stream_module import StreamModule
-from mmar.text_tokenizer import TextTokenizer
 
 
 def _checked(source: str | Path, how_to_train: str) -> Path:
@@ -28,9 +28,10 @@ def _checked(source: str | Path, how_to_train: str) -> Path:
     return path
 
 
-def _load(source: str | Path, device, how_to_train: str, expected: type):
+def _load(source: str | Path, device, how_to_train: str, expected: type, **overrides):
     path = _checked(source, how_to_train)
-    module = load_exported(path, device) if path.is_dir() else module_from_checkpoint(path, device)
+    load = load_exported if path.is_dir() else module_from_checkpoint
+    module = load(path, device, **overrides)
     if not isinstance(module, expected):
         raise ConfigError(
             f"'{source}' holds a {type(module).__name__}, not a {expected.__name__}; pass the model's own "
@@ -44,8 +45,6 @@ def is_stream_checkpoint(checkpoint: str | Path) -> bool:
     path = _checked(checkpoint, "mmar fit --config ...")
     if path.is_dir():
         return exported_kind(path) == "StreamModule"
-    from mmar.checkpoint_io import read_checkpoint
-
     saved = read_checkpoint(path, mmap=True)  # mmap: weights stay unread
     return "text_tokenizer" in saved.get("hyper_parameters", {})
 
@@ -61,14 +60,6 @@ def load_stream(
 ) -> StreamModule:
     """A StreamModule from a Lightning checkpoint or an exported folder, weights-only; `text_tokenizer`
     replaces the one it carries (it must be the same tokenizer: vocabulary and digest are checked)."""
-    module = _load(checkpoint, device, "mmar fit --config configs/text/embedded_lm.yaml", StreamModule)
-    if text_tokenizer:
-        given, hp = TextTokenizer.load(text_tokenizer), module.hparams
-        if (given.vocab_size, given.digest) != (hp.text_vocab_size, hp.text_tokenizer_digest):
-            raise ConfigError(
-                f"the text tokenizer at '{text_tokenizer}' (vocabulary {given.vocab_size}, digest "
-                f"{given.digest}) is not the one this model was trained with (vocabulary "
-                f"{hp.text_vocab_size}, digest {hp.text_tokenizer_digest}); pass the model's own tokenizer"
-            )
-        module.text_tokenizer = given
-    return module
+    overrides = {"text_tokenizer": text_tokenizer} if text_tokenizer else {}  # checked by the constructor
+    how_to_train = "mmar fit --config configs/text/embedded_lm.yaml"
+    return _load(checkpoint, device, how_to_train, StreamModule, **overrides)

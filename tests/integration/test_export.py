@@ -105,11 +105,13 @@ def test_a_failed_export_leaves_the_previous_folder(run, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.ckpt", "export"]  # no temporary left
 
 
-def test_stream_export_carries_its_text_and_image_tokenizers(debug_stream, tmp_path):
+def test_stream_export_carries_its_text_and_image_tokenizers(debug_stream, debug_text_tokenizer, tmp_path):
     ExportedModel(debug_stream).save_pretrained(tmp_path / "stream")
     assert (tmp_path / "stream" / "text_tokenizer" / "tokenizer.json").is_file()
     loaded = load_stream(tmp_path / "stream")
     assert is_stream_checkpoint(tmp_path / "stream")  # how sample_t2i tells the two kinds apart
+    given = load_stream(tmp_path / "stream", text_tokenizer=debug_text_tokenizer)  # sample_text's override
+    assert given.text_tokenizer.digest == debug_stream.text_tokenizer.digest
     assert loaded.text_tokenizer.digest == debug_stream.text_tokenizer.digest
     for name, value in debug_stream.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
