@@ -1,17 +1,22 @@
-"""`mmar fit|validate|test|predict --config ...`: the LightningCLI entry point.
+"""`mmar fit|validate|test|predict --config ...`: the LightningCLI entry point; `mmar export`.
 
 Models and data are given by class path in YAML (`model: {class_path: mmar.lit.GeneratorModule, ...}`),
 so every LightningModule and DataModule in mmar (and in user code) is reachable from one command.
+Checkpoints are written atomically and `--ckpt_path` is loaded weights-only (`SafeCheckpointIO`).
+`mmar export --ckpt PATH --out DIR` writes a self-contained folder (`mmar.export`).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+from pathlib import Path
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
+from mmar.checkpoint_io import read_checkpoint, use_safe_checkpoint_io
 from mmar.cli_checks import check_no_null_arguments, check_trainer_settings
 from mmar.errors import ConfigError
 from mmar.lit.nonfinite import NonFiniteGuard
@@ -57,12 +62,46 @@ class MMARCLI(LightningCLI):
                 init_args = dict(chosen.init_args.items(branches=True))
                 check_no_null_arguments(section, chosen.class_path, init_args)
 
+    def _parse_ckpt_path(self) -> None:
+        """`--ckpt_path` is read (weights-only) before Lightning reads its hyper-parameters: a corrupt or
+        pickling checkpoint is one line naming the file."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            read_checkpoint(ckpt_path, mmap=True)
+        super()._parse_ckpt_path()
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        use_safe_checkpoint_io(self.trainer)  # before any subcommand saves or loads a checkpoint
+
+
+def export_main(args: list[str]) -> None:
+    """`mmar export --ckpt PATH --out DIR`."""
+    p = argparse.ArgumentParser(
+        prog="mmar export", description="Export a checkpoint as a self-contained folder"
+    )
+    p.add_argument(
+        "--ckpt", required=True, help="a .ckpt of a GeneratorModule, StreamModule or TokenizerModule"
+    )
+    p.add_argument(
+        "--out", required=True, help="folder to write (config.json, model.safetensors, tokenizer/)"
+    )
+    parsed = p.parse_args(args)
+    from mmar.export import export_checkpoint  # the CLI's other subcommands do not need it
+
+    print(f"exported to {export_checkpoint(parsed.ckpt, parsed.out).resolve()}")
+
 
 def main(args: list[str] | None = None, run: bool = True) -> None:
     """Console script `mmar`; bad input ends with one `error: ...` line and exit code 2. `run=False`
     only parses and builds model, data and trainer (no subcommand in `args`)."""
+    args = sys.argv[1:] if args is None else args
     try:
-        MMARCLI(args=args, run=run)
+        if args[:1] == ["export"]:
+            export_main(args[1:])
+        else:
+            MMARCLI(args=args, run=run)
     except Exception as err:
         config_error = _config_error_in(err)
         if config_error is None:

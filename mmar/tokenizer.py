@@ -35,14 +35,18 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from mmar.errors import ConfigError
-from mmar.io import atomic_write
+from mmar.io import atomic_write, read_json, read_safetensors
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+TRAINED_SIZE_KEY = "trained_image_size"
+"""Config entry (not a constructor argument) with the image / frame size a tokenizer was trained at."""
+EXPORTED_TOKENIZER_DIR = "tokenizer"
+"""Where an exported generator folder (`mmar export`) keeps its tokenizer."""
 
 TOKENIZERS: dict[str, type[Tokenizer]] = {}
 """Registry: the `name` of each tokenizer class -> the class (filled by `register_tokenizer`)."""
@@ -72,6 +76,9 @@ class Tokenizer(nn.Module):
     latent_dim: int | None = None
     token_shape: tuple[int, ...] = ()
     """Ids per grid cell beyond the grid: () for one id, (C,) for per-channel ids (TokenBridge)."""
+    trained_image_size: int | None = None
+    """Image (frame) height it was trained at, recorded by TokenizerModule; None when unknown (older
+    exports): a generator at another size is refused (`check_image_size`)."""
     variable_length: ClassVar[bool] = False
     """True when `encode` returns padded tokens with a padding mask and geometry (subobject tokens)."""
 
@@ -137,17 +144,33 @@ class Tokenizer(nn.Module):
             )
         return None
 
+    def check_image_size(self, image_size: int, where: str) -> None:
+        """ConfigError when images of `image_size` are not the size this tokenizer was trained at."""
+        if self.trained_image_size is not None and image_size != self.trained_image_size:
+            raise ConfigError(
+                f"image_size={image_size} but the {self.name} tokenizer at '{where}' was trained on "
+                f"{self.trained_image_size}px images; set image_size: {self.trained_image_size} or train a "
+                f"tokenizer at {image_size}"
+            )
+
     def check_input(self, x: torch.Tensor) -> None:
         """Validate an image batch [B, C, H, W] against this tokenizer (clear error otherwise)."""
         if x.ndim != 4:
             raise ConfigError(f"expected images of shape [B, C, H, W], got {tuple(x.shape)}")
         self.grid(tuple(x.shape[1:]))
 
+    def saved_config(self) -> dict[str, Any]:
+        """What `config.json` holds: the name, the constructor kwargs and the training image size."""
+        config = {"name": self.name, **self.config}
+        if self.trained_image_size is not None:
+            config[TRAINED_SIZE_KEY] = self.trained_image_size
+        return config
+
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write `config.json` and `model.safetensors` into the folder `path` (atomically per file)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        config = {"name": self.name, **self.config}
+        config = self.saved_config()
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp))
         atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
@@ -158,15 +181,25 @@ class Tokenizer(nn.Module):
         return load_tokenizer(path)
 
 
+def tokenizer_folder(path: str | os.PathLike) -> Path:
+    """The folder holding a tokenizer's files: `path` itself, or the tokenizer inside an exported
+    generator folder (`mmar export`), so a generator's `tokenizer` may name either."""
+    path = Path(path)
+    inner = path / EXPORTED_TOKENIZER_DIR
+    if (inner / CONFIG_NAME).is_file() and "mmar_module" in read_json(path / CONFIG_NAME):
+        return inner
+    return path
+
+
 def read_tokenizer_config(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON config of a saved tokenizer, with a clear error when the folder is not one."""
-    config_file = Path(path) / CONFIG_NAME
+    config_file = tokenizer_folder(path) / CONFIG_NAME
     if not config_file.is_file():
         raise ConfigError(
             f"no tokenizer at '{path}' (missing {CONFIG_NAME}); train one first, e.g. "
             "`mmar fit --config configs/quickstart/digits_vq.yaml`, or fix the path"
         )
-    return json.loads(config_file.read_text())
+    return read_json(config_file)
 
 
 def import_tokenizer_packages() -> None:
@@ -205,12 +238,15 @@ def build_tokenizer(config: dict[str, Any]) -> Tokenizer:
 
 
 def load_tokenizer(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Tokenizer:
-    """Load any registered tokenizer from a folder written by `save_pretrained`."""
-    config = read_tokenizer_config(path)
+    """Load any registered tokenizer from a folder written by `save_pretrained` (or an exported generator
+    folder, whose tokenizer it loads); ConfigError naming the file when one is missing or corrupt."""
+    folder = tokenizer_folder(path)
+    config = read_tokenizer_config(folder)
     if "name" not in config:
-        raise ConfigError(f"{Path(path) / CONFIG_NAME} has no 'name'; it was not written by save_pretrained")
+        raise ConfigError(f"{folder / CONFIG_NAME} has no 'name'; it was not written by save_pretrained")
     name = config.pop("name")
-    tokenizer = tokenizer_class(name, str(path))(**config)
-    state = load_file(str(Path(path) / WEIGHTS_NAME), device=str(map_location))
-    tokenizer.load_state_dict(state)
+    trained_image_size = config.pop(TRAINED_SIZE_KEY, None)
+    tokenizer = tokenizer_class(name, str(folder))(**config)
+    tokenizer.load_state_dict(read_safetensors(folder / WEIGHTS_NAME, map_location))
+    tokenizer.trained_image_size = trained_image_size
     return tokenizer.eval()

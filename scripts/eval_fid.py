@@ -23,6 +23,7 @@ import torch
 from mmar.errors import run_or_exit
 from mmar.eval.fid import extract_features, image_batches, image_metrics, load_reference, save_reference
 from mmar.eval.inception import InceptionFeatures
+from mmar.io import atomic_write, write_json
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> dict:
     samples = Path(args.samples)
     out = Path(args.out) if args.out else (samples.parent if samples.suffix else samples) / "fid.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(metrics, indent=2))
+    atomic_write(out, lambda tmp: write_json(tmp, metrics))
     metrics["out"] = str(out)
     return metrics
 

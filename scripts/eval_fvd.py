@@ -17,6 +17,7 @@ import torch
 
 from mmar.errors import run_or_exit
 from mmar.eval.fvd import FVD_FRAMES, I3DFeatures, fvd, i3d_features, video_batches
+from mmar.io import atomic_write, write_json
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> dict:
     samples = Path(args.samples)
     out = Path(args.out) if args.out else (samples.parent if samples.suffix else samples) / "fvd.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(metrics, indent=2))
+    atomic_write(out, lambda tmp: write_json(tmp, metrics))
     return metrics
 
 

@@ -22,12 +22,17 @@ import torch
 from mmar.data.text import TextDataModule, unigram_perplexity
 from mmar.errors import ConfigError, run_or_exit
 from mmar.eval.report import write_marked
+from mmar.export import TEXT_TOKENIZER_DIR, training_record
 from mmar.lit.loading import load_stream
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="a StreamModule checkpoint trained on a TextDataModule")
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        help="a StreamModule checkpoint or exported folder, trained on a TextDataModule",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--docs", help="a Markdown page to write the table into (e.g. docs/text.md)")
@@ -47,11 +52,14 @@ def model_perplexity(model, rows: torch.Tensor, batch_size: int) -> tuple[float,
 
 def run(args: argparse.Namespace) -> dict:
     model = load_stream(args.ckpt, args.device)  # a missing checkpoint: one-line error here
-    checkpoint = torch.load(args.ckpt, map_location="cpu", weights_only=True)
-    settings = checkpoint.get("datamodule_hyper_parameters")
-    if settings is None or "seq_len" not in settings:
+    training = training_record(args.ckpt)  # a checkpoint's or an exported folder's
+    settings = training.get("datamodule")
+    if not settings or "seq_len" not in settings:
         raise ConfigError(f"checkpoint '{args.ckpt}' was not trained on a TextDataModule; nothing to score")
-    data = TextDataModule(**{k: v for k, v in settings.items() if not k.startswith("_")})  # not CLI keys
+    settings = {k: v for k, v in settings.items() if not k.startswith("_")}  # not CLI keys
+    if Path(args.ckpt).is_dir():  # an exported folder: the data's tokenizer is the model's own, inside it
+        settings["tokenizer"] = str(Path(args.ckpt) / TEXT_TOKENIZER_DIR)
+    data = TextDataModule(**settings)
     data.setup()
     if data.val_dataset is None:
         raise ConfigError("the checkpoint's data has no validation split (val_fraction=0)")
@@ -76,7 +84,7 @@ def run(args: argparse.Namespace) -> dict:
         )
     result = {
         "checkpoint": str(args.ckpt),
-        "steps": checkpoint["global_step"],
+        "steps": training["global_step"],
         "tokenizer_vocab": data.vocab_size,
         "train_documents": data.num_documents[0],
         "rows": rows,

@@ -13,20 +13,21 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
-from pathlib import Path
 
-import numpy as np
 import torch
 from torchvision.utils import save_image
 
 from mmar.errors import run_or_exit
+from mmar.io import write_json, write_npz, write_outputs
 from mmar.lit.loading import load_generator
 from mmar.sampling import add_sampler_arguments, class_labels, sample_in_batches, sampler_from_arguments
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="generator checkpoint (.ckpt)")
+    p.add_argument(
+        "--ckpt", required=True, help="generator checkpoint (.ckpt) or exported folder (mmar export)"
+    )
     p.add_argument("--out", default="runs/samples", help="output folder")
     p.add_argument("--per-class", type=int, default=10, help="samples per class")
     p.add_argument("--classes", type=int, nargs="*", help="class ids (default: all)")
@@ -47,15 +48,8 @@ def run(args: argparse.Namespace) -> dict:
     # passes measured: speculative decoding makes fewer than N
     images, seconds, passes = sample_in_batches(model, labels, sampler, args.batch_size, progress=True)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     uint8 = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)  # ADM convention: round
-    np.savez(out / "samples.npz", images=uint8.permute(0, 2, 3, 1).numpy(), labels=labels.numpy())
     shown = images.view(-1, args.per_class, *images.shape[1:])[:, : args.grid_columns]
-    save_image(
-        shown.flatten(0, 1), out / "grid.png", nrow=shown.shape[1], normalize=True, value_range=(-1, 1)
-    )
-
     metrics = {
         "checkpoint": str(args.ckpt),
         "num_images": len(images),
@@ -69,7 +63,16 @@ def run(args: argparse.Namespace) -> dict:
         from mmar.eval.embedded import DigitsMetrics
 
         metrics.update(DigitsMetrics(image_size=images.shape[-1]).compute(images, labels))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    grid = {"nrow": shown.shape[1], "normalize": True, "value_range": (-1, 1), "format": "png"}
+    arrays = {"images": uint8.permute(0, 2, 3, 1).numpy(), "labels": labels.numpy()}
+    write_outputs(  # all three or none: earlier results stay until the new ones are complete
+        args.out,
+        {
+            "samples.npz": lambda tmp: write_npz(tmp, **arrays),
+            "grid.png": lambda tmp: save_image(shown.flatten(0, 1), tmp, **grid),
+            "metrics.json": lambda tmp: write_json(tmp, metrics),
+        },
+    )
     return metrics
 
 

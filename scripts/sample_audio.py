@@ -29,7 +29,7 @@ import torch
 
 from mmar.audio_io import AUDIO_EXTENSIONS, read_audio, save_spectrogram, write_wav
 from mmar.errors import ConfigError, run_or_exit
-from mmar.io import save_npz
+from mmar.io import write_json, write_npz, write_outputs
 from mmar.lit.loading import load_generator
 from mmar.sampling import (
     add_sampler_arguments,
@@ -42,7 +42,9 @@ from mmar.sampling import (
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="audio generator checkpoint (.ckpt)")
+    p.add_argument(
+        "--ckpt", required=True, help="audio generator checkpoint (.ckpt) or exported folder (mmar export)"
+    )
     p.add_argument("--out", default="runs/audio/samples", help="output folder")
     p.add_argument("--classes", type=int, nargs="*", help="class ids (default: all; continuation: see above)")
     p.add_argument("--per-class", type=int, default=4, help="clips per class (class-conditional)")
@@ -115,15 +117,6 @@ def run(args: argparse.Namespace) -> dict:
     )
     rate = model.tokenizer.sample_rate
 
-    out = Path(args.out)
-    (out / "clips").mkdir(parents=True, exist_ok=True)
-    save_npz(out / "samples.npz", audio=audio.numpy(), labels=labels.numpy(), sample_rate=rate)
-    shown = len(audio) if args.write_clips < 0 else min(args.write_clips, len(audio))
-    digits = len(str(max(len(audio) - 1, 0)))
-    for j in range(shown):
-        write_wav(out / "clips" / f"{j:0{digits}d}.wav", audio[j], rate)
-        save_spectrogram(out / "clips" / f"{j:0{digits}d}.png", audio[j], rate)
-
     metrics = {
         "checkpoint": str(args.ckpt),
         "unit": model.unit.name,
@@ -144,7 +137,22 @@ def run(args: argparse.Namespace) -> dict:
         from mmar.eval.audio import NotesMetrics
 
         metrics.update(NotesMetrics(sample_rate=rate, duration=audio.shape[-1] / rate).compute(audio, labels))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+    out = Path(args.out)
+    (out / "clips").mkdir(parents=True, exist_ok=True)
+    shown = len(audio) if args.write_clips < 0 else min(args.write_clips, len(audio))
+    digits = len(str(max(len(audio) - 1, 0)))
+    for j in range(shown):
+        write_wav(out / "clips" / f"{j:0{digits}d}.wav", audio[j], rate)
+        save_spectrogram(out / "clips" / f"{j:0{digits}d}.png", audio[j], rate)
+    arrays = {"audio": audio.numpy(), "labels": labels.numpy(), "sample_rate": rate}
+    write_outputs(  # both or none: earlier results stay until the new ones are complete
+        out,
+        {
+            "samples.npz": lambda tmp: write_npz(tmp, **arrays),
+            "metrics.json": lambda tmp: write_json(tmp, metrics),
+        },
+    )
     return metrics
 
 

@@ -39,14 +39,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmar.errors import ConfigError, run_or_exit
 from mmar.eval.fid import to_uint8
-from mmar.io import save_npz
+from mmar.io import atomic_write, save_npz, write_json
 from mmar.lit.loading import load_generator
 from mmar.sampling import Sampler, add_sampler_arguments, sampler_from_arguments
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="generator checkpoint (.ckpt)")
+    p.add_argument(
+        "--ckpt", required=True, help="generator checkpoint (.ckpt) or exported folder (mmar export)"
+    )
     p.add_argument("--out", required=True, help="output folder (images/, samples.npz, metrics.json)")
     p.add_argument("--per-class", type=int, default=50, help="images per class (ADM: 50)")
     p.add_argument("--batch-size", type=int, default=50, help="images per batch; part of each image's seed")
@@ -177,7 +179,7 @@ def run(args: argparse.Namespace) -> dict:
         "sampler": {**dataclasses.asdict(sampler), "seed": args.seed},
         "seeds": f"batch b of {args.batch_size} images: seed {args.seed} + b",
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write(out / "metrics.json", lambda tmp: write_json(tmp, metrics))
     return metrics
 
 

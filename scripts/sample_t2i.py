@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from mmar.errors import ConfigError, run_or_exit
 from mmar.eval.fid import to_uint8
-from mmar.io import atomic_write, save_npz
+from mmar.io import atomic_write, write_json, write_npz, write_outputs
 from mmar.lit.loading import is_stream_checkpoint, load_generator, load_stream
 from mmar.sampling import add_sampler_arguments, sampler_from_arguments
 
@@ -61,7 +61,11 @@ GRID_PAD = 4
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="text-conditional generator checkpoint (.ckpt)")
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        help="text-conditional generator checkpoint (.ckpt) or exported folder (mmar export)",
+    )
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompts", help="file of prompts: .txt one a line, .jsonl one {'prompt': ...} a line")
     p.add_argument(
@@ -256,8 +260,6 @@ def run(args: argparse.Namespace) -> dict:
     shown = shown[: args.grid_prompts, : args.grid_columns]
     scale = args.grid_scale or max(1, math.ceil(GRID_MIN_CELL / max(uint8.shape[1:3])))
     grid = captioned_grid(shown, prompts[: args.grid_prompts], scale)
-    atomic_write(out / "grid.png", lambda tmp: grid.save(tmp, format="PNG"))
-    save_npz(out / "samples.npz", images=uint8, prompt_index=prompt_index.numpy(), prompts=np.array(prompts))
 
     metrics = {
         "checkpoint": str(args.ckpt),
@@ -286,7 +288,15 @@ def run(args: argparse.Namespace) -> dict:
             metrics["compositional"] = score_captions(images, [prompts[i] for i in prompt_index.tolist()])
         metrics["benchmark"] = args.benchmark
     metrics = json_safe(metrics)
-    atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2)))
+    arrays = {"images": uint8, "prompt_index": prompt_index.numpy(), "prompts": np.array(prompts)}
+    write_outputs(  # all three or none: earlier results stay until the new ones are complete
+        out,
+        {
+            "grid.png": lambda tmp: grid.save(tmp, format="PNG"),
+            "samples.npz": lambda tmp: write_npz(tmp, **arrays),
+            "metrics.json": lambda tmp: write_json(tmp, metrics),
+        },
+    )
     return metrics
 
 

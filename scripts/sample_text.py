@@ -27,7 +27,9 @@ from mmar.sampling import Sampler
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="StreamModule checkpoint (.ckpt)")
+    p.add_argument(
+        "--ckpt", required=True, help="StreamModule checkpoint (.ckpt) or exported folder (mmar export)"
+    )
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
     p.add_argument("--num-samples", type=int, default=1, help="continuations per prompt")
     p.add_argument("--max-tokens", type=int, default=64, help="most tokens generated per continuation")

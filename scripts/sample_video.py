@@ -34,7 +34,7 @@ import torch
 from mmar.data.video import DIRECTIONS, NUM_CLASSES, captions_of
 from mmar.errors import ConfigError, run_or_exit
 from mmar.eval.fid import to_uint8
-from mmar.io import save_npz
+from mmar.io import write_json, write_npz, write_outputs
 from mmar.lit.loading import load_generator
 from mmar.sampling import (
     add_sampler_arguments,
@@ -50,7 +50,9 @@ NUM_LABELS = NUM_CLASSES * len(DIRECTIONS)  # moving digits: a class per digit a
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="video generator checkpoint (.ckpt)")
+    p.add_argument(
+        "--ckpt", required=True, help="video generator checkpoint (.ckpt) or exported folder (mmar export)"
+    )
     p.add_argument("--out", default="runs/video/samples", help="output folder")
     p.add_argument("--classes", type=int, nargs="*", help="class ids (default: all; continuation: see above)")
     p.add_argument("--per-class", type=int, default=4, help="clips per class (class-conditional)")
@@ -152,16 +154,6 @@ def run(args: argparse.Namespace) -> dict:
     )
     uint8 = to_uint8(videos).permute(0, 2, 3, 4, 1).numpy()  # (N, T, H, W, C)
 
-    out = Path(args.out)
-    (out / "clips").mkdir(parents=True, exist_ok=True)
-    save_npz(out / "samples.npz", videos=uint8, labels=labels.numpy())
-    shown = len(uint8) if args.write_clips < 0 else min(args.write_clips, len(uint8))
-    digits = len(str(max(len(uint8) - 1, 0)))
-    for j in range(shown):
-        write_gif(out / "clips" / f"{j:0{digits}d}.gif", uint8[j], fps=args.fps)
-        write_mp4(out / "clips" / f"{j:0{digits}d}.mp4", uint8[j], fps=args.fps)
-    save_strip(out / "strip.png", uint8[: max(args.strip_rows, 1)])
-
     metrics = {
         "checkpoint": str(args.ckpt),
         "unit": model.unit.name,
@@ -178,7 +170,22 @@ def run(args: argparse.Namespace) -> dict:
         metrics.update(given_frames=args.given_frames, given_video_frames=kept)
     if args.embedded_metrics:
         metrics.update(embedded_metrics(model, videos, labels, directions))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+    out = Path(args.out)
+    (out / "clips").mkdir(parents=True, exist_ok=True)
+    shown = len(uint8) if args.write_clips < 0 else min(args.write_clips, len(uint8))
+    digits = len(str(max(len(uint8) - 1, 0)))
+    for j in range(shown):
+        write_gif(out / "clips" / f"{j:0{digits}d}.gif", uint8[j], fps=args.fps)
+        write_mp4(out / "clips" / f"{j:0{digits}d}.mp4", uint8[j], fps=args.fps)
+    write_outputs(  # all or none: earlier results stay until the new ones are complete
+        out,
+        {
+            "samples.npz": lambda tmp: write_npz(tmp, videos=uint8, labels=labels.numpy()),
+            "strip.png": lambda tmp: save_strip(tmp, uint8[: max(args.strip_rows, 1)]),
+            "metrics.json": lambda tmp: write_json(tmp, metrics),
+        },
+    )
     return metrics
 
 

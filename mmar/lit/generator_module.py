@@ -108,6 +108,8 @@ class GeneratorModule(LightningModule):
             )
         self.input_shape = self._input_shape(tokenizer, image_size, num_frames, duration)
         self.code_grid = self.tokenizer.grid(self.input_shape)  # the tokenizer's grid
+        if self.tokenizer.modality != "audio":
+            self.tokenizer.check_image_size(image_size, tokenizer)
         self.pattern = CodePattern(code_pattern, self.tokenizer.token_shape)
         self.grid, token_shape = self.pattern.grid(self.code_grid)  # the unit's grid
         if self.pattern.fixed(self.code_grid[0]) is not None and unit != "next_token":
@@ -345,6 +347,9 @@ class GeneratorModule(LightningModule):
                 f"but the generator's condition uses {text[0]} (max_length {text[1]}); match them or "
                 "rebuild the cache with scripts/cache_tokens.py --text-encoder ... --max-length ..."
             )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tokenizer_config"] = self.tokenizer.saved_config()  # `mmar export` needs no paths
 
     def configure_optimizers(self):
         return configure_adamw(self, torch.nn.ModuleList([self.trunk, self.conditioning, self.unit]))

@@ -89,6 +89,7 @@ class StreamModule(LightningModule):
         self.image_tokenizer, grid = None, ()
         if image_tokenizer is not None:
             self.image_tokenizer = self._load_image_tokenizer(image_tokenizer, image_vocab_size)
+            self.image_tokenizer.check_image_size(image_size, image_tokenizer)
             self.input_shape = (self.image_tokenizer.in_channels, image_size, image_size)
             grid = tuple(self.image_tokenizer.grid(self.input_shape))
         image_vocab = self.image_tokenizer.vocab_size if self.image_tokenizer is not None else 0
@@ -132,6 +133,12 @@ class StreamModule(LightningModule):
     def image_steps(self) -> int:
         """Trunk passes of text-to-image generation: one per image token."""
         return math.prod(self.layout.grid)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # `mmar export` rebuilds the tokenizers from the checkpoint alone, without the training paths
+        checkpoint["text_tokenizer_json"] = self.text_tokenizer.tokenizer.to_str()
+        if self.image_tokenizer is not None:
+            checkpoint["tokenizer_config"] = self.image_tokenizer.saved_config()
 
     def on_fit_start(self) -> None:
         meta = getattr(self.trainer.datamodule, "meta", None) or {}

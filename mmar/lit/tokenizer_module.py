@@ -208,6 +208,8 @@ class TokenizerModule(LightningModule):
         if batch is None:  # every file of the batch was unreadable (skipped and counted by the data)
             return None
         x = model_inputs(batch)  # [B, C, H, W] or [B, C, T, H, W]
+        if self.tokenizer.modality in FRAME_MODALITIES:  # exports record it: generators are checked on it
+            self.tokenizer.trained_image_size = int(x.shape[-2])
         optimizers, schedulers = _as_list(self.optimizers()), _as_list(self.lr_schedulers())
         use_gan = self.discriminator is not None and self.global_step >= self.hparams.gan_start_step
 
@@ -310,6 +312,9 @@ class TokenizerModule(LightningModule):
             self.tokenizer.eval().fit_statistics(batches)
             self.tokenizer.save_pretrained(export_dir)
             print(f"tokenizer saved to {Path(export_dir).resolve()}")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tokenizer_config"] = self.tokenizer.saved_config()  # `mmar export` needs no paths
 
     def _step(self, optimizer, scheduler, loss: torch.Tensor, counts: bool) -> None:
         """Backward, clip, step and advance the warm-up for one optimiser.

@@ -8,6 +8,7 @@ import yaml
 
 from mmar.cli import MMARCLI
 from mmar.cli import main as mmar_main
+from mmar.tokenizer import read_tokenizer_config
 from mmar.units import UNITS
 
 CONFIGS = sorted(Path("configs").rglob("*.yaml"))
@@ -42,7 +43,11 @@ def fixture_overrides(config: Path, request) -> list[str]:
     if is_stream(config):
         args += stream_overrides(config, request)
     if needs_tokenizer(config) or isinstance(init_args.get("tokenizer"), str):  # a generator or post-training
-        args.append(f"--model.init_args.tokenizer={request.getfixturevalue(tokenizer_fixture(config))}")
+        tokenizer = request.getfixturevalue(tokenizer_fixture(config))
+        args.append(f"--model.init_args.tokenizer={tokenizer}")
+        trained_size = read_tokenizer_config(tokenizer).get("trained_image_size")
+        if trained_size and "image_size" in init_args:  # e.g. a 256px recipe over the 32px debug VQ
+            args.append(f"--model.init_args.image_size={trained_size}")
     if recipe["data"]["class_path"].endswith("TokenCacheDataModule"):
         args.append(f"--data.init_args.path={request.getfixturevalue('debug_pairs_cache')}")
     return args
