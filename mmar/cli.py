@@ -2,6 +2,8 @@
 
 Models and data are given by class path in YAML (`model: {class_path: mmar.lit.GeneratorModule, ...}`),
 so every LightningModule and DataModule in mmar (and in user code) is reachable from one command.
+`mmar predict` writes its samples to disk through `mmar.lit.prediction_writer.PredictionWriter`
+(`--prediction_writer.output_dir=DIR`; by default `predictions/` in the run folder).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 from mmar.errors import ConfigError
+from mmar.lit.prediction_writer import PredictionWriter
 
 
 class MMARCLI(LightningCLI):
@@ -27,6 +30,12 @@ class MMARCLI(LightningCLI):
             subclass_mode_data=True,
             **kwargs,
         )
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":  # predictions go to disk by default, not only into memory
+            parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        return parser
 
 
 def main(args: list[str] | None = None) -> None:
