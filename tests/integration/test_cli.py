@@ -142,6 +142,7 @@ def test_predict_generates_for_class_labels(debug_tokenizer, tmp_path):
     predict = ["predict", *common]
     data = ["--data=mmar.data.ClassLabelsDataModule", "--data.per_class=2", "--data.batch_size=8"]
     cli = MMARCLI(args=[*predict, *data, f"--ckpt_path={ckpt}", root, *QUIET], save_config_callback=None)
-    images = cli.trainer.predict_loop.predictions
+    images = [batch["image"] for batch in cli.trainer.predict_loop.predictions]
     assert sum(len(batch) for batch in images) == 20
     assert images[0].shape[1:] == (1, 32, 32)
+    assert len(list((tmp_path / "predictions").glob("*.png"))) == 20  # the writer is on by default
