@@ -39,8 +39,12 @@ STAGES = {
 BATCH = 2
 GUIDED = {"cfg_scale": 2.0, "seed": 0}
 # debug sizes of the embedded data (the recipe's data class where it is embedded, else the modality's)
-DIGITS = {"class_path": "mmar.data.DigitsDataModule", "init_args": {"image_size": 32}}
-SHAPES = {"class_path": "mmar.data.ShapesDataModule", "init_args": {"num_train": 8, "num_val": 2}}
+# (a digits train split of 179 images: a tokenizer's export fits its statistics on the whole train split)
+DIGITS = {"class_path": "mmar.data.DigitsDataModule", "init_args": {"image_size": 32, "val_fraction": 0.9}}
+SHAPES = {
+    "class_path": "mmar.data.ShapesDataModule",
+    "init_args": {"image_size": 32, "num_train": 8, "num_val": 2},
+}
 MOVING = {
     "class_path": "mmar.data.MovingDigitsDataModule",
     "init_args": {
@@ -82,7 +86,13 @@ def generator_tokenizer(init_args: dict) -> str:
 def debug_tokenizer_spec(spec: dict) -> dict:
     """A tokenizer recipe's constructor kwargs at debug widths (the architecture's depth and kind kept)."""
     spec = dict(spec)
-    for key, debug in (("ch", 8), ("channels", 4), ("num_res_blocks", 1), ("codebook_size", 64)):
+    for key, debug in (
+        ("ch", 8),
+        ("channels", 4),
+        ("z_channels", 8),
+        ("num_res_blocks", 1),
+        ("codebook_size", 64),
+    ):
         if key in spec:
             spec[key] = min(spec[key], debug)
     if spec.get("boundary_path"):  # a boundary predictor trained under runs/: an untrained one here
@@ -123,7 +133,8 @@ def model_overrides(recipe: dict, request) -> tuple[list[str], dict | None]:
     args = ["--model.init_args.perceptual_pretrained=false"] if init_args.get("perceptual_weight") else []
     if isinstance(tokenizer, str):  # post-training an exported tokenizer on (tokens, image) pairs
         pairs = request.getfixturevalue("debug_pairs_cache")
-        data = {"class_path": recipe["data"]["class_path"], "init_args": {"path": pairs}}
+        # 4 pairs per class: a recipe's val_fraction of 0.1 holds none of them out
+        data = {"class_path": recipe["data"]["class_path"], "init_args": {"path": pairs, "val_fraction": 0.5}}
         return [*args, f"--model.init_args.tokenizer={request.getfixturevalue('debug_tokenizer')}"], data
     spec = debug_tokenizer_spec(tokenizer)
     args.append(f"--model.init_args.tokenizer={json.dumps(spec)}")
@@ -137,11 +148,12 @@ def data_overrides(recipe: dict, needed: dict | None, request) -> list[str]:
     embedded = {spec["class_path"]: spec for spec in (DIGITS, SHAPES, MOVING, NOTES, TEXT)}
     if needed is None:  # a tokenizer recipe: the embedded data of its modality
         needed = embedded.get(data["class_path"]) or folder_stand_in(recipe, request)
-    init_args = {**needed["init_args"], "batch_size": BATCH}
-    if needed["class_path"] == data["class_path"]:  # same class: the recipe's own settings, smaller
-        workers = {"num_workers": 0} if "num_workers" in data.get("init_args", {}) else {}
-        return [f"--data.init_args.{k}={json.dumps(v)}" for k, v in {**init_args, **workers}.items()]
-    return [f"--data={json.dumps({'class_path': needed['class_path'], 'init_args': init_args})}"]
+    init_args = {**needed["init_args"], "batch_size": BATCH, "num_workers": 0}
+    if needed["class_path"] != data["class_path"]:  # init_args the new class shares are kept: all set here
+        return [f"--data={json.dumps({'class_path': needed['class_path'], 'init_args': init_args})}"]
+    return [
+        f"--data.init_args.{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in init_args.items()
+    ]
 
 
 def folder_stand_in(recipe: dict, request) -> dict:
@@ -173,13 +185,13 @@ def recipe_subobject_tokenizer(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def recipe_video_folder(tmp_path_factory) -> str:
-    """A folder of 8 GIF clips of moving digits in two class folders (what `VideoFolderDataModule` reads)."""
+    """A folder of 8 GIF clips (17 frames) of moving digits in two class folders (what `VideoFolderDataModule` reads)."""
     from mmar.data import MovingDigitsDataset
     from mmar.data.digits import load_digits_images
     from mmar.video_io import write_gif
 
     images, labels = load_digits_images(8)
-    clips = MovingDigitsDataset(images[:8], labels[:8], 8, image_size=16, num_frames=9)
+    clips = MovingDigitsDataset(images[:8], labels[:8], 8, image_size=16, num_frames=17)  # stride 2 reads 9
     root = tmp_path_factory.mktemp("recipe_videos")
     for i in range(len(clips)):
         video = ((clips[i]["video"][0] + 1) * 127.5).round().to(torch.uint8)  # (T, H, W)
