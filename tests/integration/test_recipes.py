@@ -185,7 +185,7 @@ def recipe_subobject_tokenizer(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def recipe_video_folder(tmp_path_factory) -> str:
-    """A folder of 8 GIF clips (17 frames) of moving digits in two class folders (what `VideoFolderDataModule` reads)."""
+    """8 GIF clips (17 frames) of moving digits in two class folders, what `VideoFolderDataModule` reads."""
     from mmar.data import MovingDigitsDataset
     from mmar.data.digits import load_digits_images
     from mmar.video_io import write_gif
