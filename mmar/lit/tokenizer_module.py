@@ -163,11 +163,16 @@ class TokenizerModule(LightningModule):
         self.discriminator, self.own_discriminator = self._make_discriminator(
             gan_weight, disc_channels, disc_layers, disc_kwargs or {}
         )
-        # Kept out of the module tree on purpose: the frozen VGG stays out of checkpoints and DDP.
-        self._perceptual = [PerceptualLoss(perceptual_pretrained)] if perceptual_weight > 0 else []
+        # Kept out of the module tree on purpose: the frozen VGG stays out of checkpoints and DDP. Built in
+        # `setup("fit")`: validate, test and predict never need it (a VGG16 takes seconds to initialise).
+        self._perceptual: list[PerceptualLoss] = []
         discrete = self.tokenizer.kind == "discrete"
         self.train_usage = CodebookUsage(self.tokenizer.vocab_size, usage_buffer) if discrete else None
         self.val_usage = CodebookUsage(self.tokenizer.vocab_size, usage_buffer) if discrete else None
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.perceptual_weight > 0 and not self._perceptual:
+            self._perceptual.append(PerceptualLoss(self.hparams.perceptual_pretrained))
 
     def _make_discriminator(
         self, gan_weight: float, disc_channels: int, disc_layers: int, disc_kwargs: dict[str, Any]

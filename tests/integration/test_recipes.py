@@ -11,6 +11,7 @@ CFG batch of every unit.
 """
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -223,6 +224,7 @@ def test_recipe_fits_validates_tests_and_predicts(config, request, tmp_path, cap
     for stage, stage_args in STAGES.items():
         mmar_main([stage, *args, *stage_args])
     out = capsys.readouterr().out
-    assert "test/" in out, f"{config}: `mmar test` reported no test metrics"
+    for stage, split in (("validate", "val"), ("test", "test")):  # the results tables Lightning prints
+        assert re.search(rf"│\s+{split}/\w+", out), f"{config}: `mmar {stage}` printed no {split}/ metric"
     written = sorted(p.name for p in (tmp_path / "predictions").iterdir())
     assert len(written) == BATCH, f"{config}: predict wrote {written}"
