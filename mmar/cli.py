@@ -4,6 +4,8 @@ Models and data are given by class path in YAML (`model: {class_path: mmar.lit.G
 so every LightningModule and DataModule in mmar (and in user code) is reachable from one command.
 Checkpoints are written atomically and `--ckpt_path` is loaded weights-only (`SafeCheckpointIO`).
 `mmar export --ckpt PATH --out DIR` writes a self-contained folder (`mmar.export`).
+`mmar predict` writes its samples to disk through `mmar.lit.prediction_writer.PredictionWriter`
+(`--prediction_writer.output_dir=DIR`; by default `predictions/` in the run folder).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from mmar.checkpoint_io import read_checkpoint, use_safe_checkpoint_io
 from mmar.cli_checks import check_no_null_arguments, check_trainer_settings
 from mmar.errors import ConfigError
 from mmar.lit.nonfinite import NonFiniteGuard
+from mmar.lit.prediction_writer import PredictionWriter
 from mmar.lit.watch import watch_defaults
 
 
@@ -41,6 +44,12 @@ class MMARCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # always on: a NaN/inf loss stops training (or skips the step) and never reaches a checkpoint
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":  # predictions go to disk by default, not only into memory
+            parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        return parser
 
     def instantiate_trainer(self, **kwargs):
         # not `trainer_defaults`: those are appended to a config's callbacks unconditionally, so a config

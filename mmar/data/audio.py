@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 TIMBRES = ("sine wave", "sawtooth", "square wave", "plucked string")
 LOWEST_MIDI, NUM_OCTAVES = 48, 3
-SPLITS = {"train": 0, "val": 1}
+SPLITS = {"train": 0, "val": 1, "test": 2}
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 LAYOUT_HINT = (
     "expected root/<class_name>/<audio files>, a flat folder of audio files, or a .jsonl manifest of "
@@ -91,7 +91,7 @@ class EmbeddedNotesDataset(Dataset):
         sample_rate: samples per second.
         duration: clip length in seconds (N = round(duration * sample_rate)).
         seed: seed of the clip generator.
-        split: "train" or "val"; mixed into the per-item seed.
+        split: "train", "val" or "test"; mixed into the per-item seed (test is held out like val).
         held_out_combos: draw only the `held_out` (octave, timbre) pairs in val and none of them in train.
     """
 
@@ -115,7 +115,7 @@ class EmbeddedNotesDataset(Dataset):
             (o, t)
             for o in range(NUM_OCTAVES)
             for t in range(len(TIMBRES))
-            if not held_out_combos or held_out(o, t) == (split == "val")
+            if not held_out_combos or held_out(o, t) == (split != "train")
         ]
 
     def __len__(self) -> int:
@@ -160,7 +160,8 @@ class EmbeddedNotesDataset(Dataset):
 
 
 class EmbeddedNotesDataModule(SplitDataModule):
-    """Synthesised notes as a LightningDataModule (12 pitch-class labels; test split = val split).
+    """Synthesised notes as a LightningDataModule (12 pitch-class labels); the test split is
+    `num_clips_val` clips of a third random stream (with `held_out_combos`, of the held-out pairs like val).
 
     Args:
         sample_rate: samples per second.
@@ -207,6 +208,7 @@ class EmbeddedNotesDataModule(SplitDataModule):
             self.num_clips["train"], *args, "train", self.held_out_combos
         )
         self.val_dataset = EmbeddedNotesDataset(self.num_clips["val"], *args, "val", self.held_out_combos)
+        self.test_dataset = EmbeddedNotesDataset(self.num_clips["val"], *args, "test", self.held_out_combos)
 
 
 def rms_dbfs(audio: np.ndarray) -> float:

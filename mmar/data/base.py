@@ -1,4 +1,4 @@
-"""Shared DataModule plumbing: a train split, an optional val split, and one way to batch them."""
+"""Shared DataModule plumbing: a train split, optional val and test splits, and one way to batch them."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from mmar.errors import ConfigError
 
 
 class SplitDataModule(LightningDataModule):
-    """Subclasses fill `train_dataset` (and `val_dataset`, may stay None or empty) in `setup`.
+    """Subclasses fill `train_dataset` (and `val_dataset`, may stay None or empty) in `setup`, and
+    `test_dataset` where the data has a held-out split of its own (else the test split is the val split).
 
-    The test split is the val split. Training batches are shuffled and drop the last incomplete batch
-    when the dataset holds more than one batch.
+    `predict` reads the test split in order (its conditions for generators, its inputs for tokenizers);
+    `trainer.limit_predict_batches` sets how many batches. Training batches are shuffled and drop the
+    last incomplete batch when the dataset holds more than one batch.
     """
 
     collate_fn: Callable | None = None
@@ -29,6 +31,7 @@ class SplitDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
+        self.test_dataset: Dataset | None = None
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
@@ -41,7 +44,14 @@ class SplitDataModule(LightningDataModule):
         return self._loader(self.val_dataset, train=False)
 
     def test_dataloader(self) -> DataLoader | list:
-        return self.val_dataloader()
+        self.setup()
+        dataset = self.val_dataset if self.test_dataset is None else self.test_dataset
+        if dataset is None or len(dataset) == 0:
+            return []
+        return self._loader(dataset, train=False)
+
+    def predict_dataloader(self) -> DataLoader | list:
+        return self.test_dataloader()
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         return DataLoader(

@@ -68,7 +68,7 @@ GAP = 3  # pixels between bounding boxes: shapes never touch, and their thick bo
 MARGIN = 2  # pixels between a bounding box and the image border, for the same reason
 REPEAT_PROB = 0.3  # chance that a new object copies the colour and shape of an earlier one (counts > 1)
 PLACEMENT_TRIES = 100
-SPLITS = {"train": 0, "val": 1}
+SPLITS = {"train": 0, "val": 1, "test": 2}
 COMPOSITIONS = ("all", "seen")
 
 
@@ -232,7 +232,7 @@ class ShapesDataset(Dataset):
         min_objects: fewest shapes per image (>= 1).
         max_objects: most shapes per image (<= 3, so counts stay in the caption grammar).
         seed: seed of the scene generator.
-        split: "train" or "val"; the two draw scenes from different random streams.
+        split: "train", "val" or "test"; each draws scenes from its own random stream.
         compositions: "all" scenes, or only "seen" ones: scenes with a held-out (colour, shape, column)
             triple are redrawn from the same stream, so the caption never names one.
     """
@@ -301,7 +301,8 @@ def check_shapes_args(num_items: int, image_size: int, min_objects: int, max_obj
 
 
 class ShapesDataModule(SplitDataModule):
-    """The shapes dataset as a LightningDataModule (test split = val split).
+    """The shapes dataset as a LightningDataModule; the test split is `num_val` scenes of a third random
+    stream, held out from both train and val.
 
     Args:
         image_size: side of the square RGB images.
@@ -360,3 +361,4 @@ class ShapesDataModule(SplitDataModule):
         }
         self.train_dataset = ShapesDataset(self.num_train, split="train", **common)
         self.val_dataset = ShapesDataset(self.num_val, split="val", **common) if self.num_val else None
+        self.test_dataset = ShapesDataset(self.num_val, split="test", **common) if self.num_val else None

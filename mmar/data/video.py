@@ -32,7 +32,7 @@ from mmar.data.digits import NUM_CLASSES, load_digits_images, stratified_split
 from mmar.errors import ConfigError
 
 BACKGROUND = -1.0
-SPLITS = {"train": 0, "val": 1}
+SPLITS = {"train": 0, "val": 1, "test": 2}
 DIRECTIONS = ("up", "up-right", "right", "down-right", "down", "down-left", "left", "up-left")
 STEPS = ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))  # (row, col) signs
 LABELS = ("digit", "digit_direction")
@@ -88,7 +88,7 @@ class MovingDigitsDataset(Dataset):
         num_frames: frames T per clip.
         max_speed: largest |velocity| per axis in pixels per frame (at most (S - d) // 2).
         seed: seed of the clip generator.
-        split: "train" or "val"; mixed into the per-item seed so splits get different clips.
+        split: "train", "val" or "test"; mixed into the per-item seed so splits get different clips.
         source_indices: long [N], index of each sprite in `load_digits_images` (for provenance).
         label_kind: what "label" holds: "digit" or "digit_direction" (direction * 10 + digit).
     """
@@ -177,7 +177,8 @@ def _check_geometry(image_size: int, digit_size: int, num_frames: int, max_speed
 
 
 class MovingDigitsDataModule(SplitDataModule):
-    """Moving digits as a LightningDataModule (test split = val split).
+    """Moving digits as a LightningDataModule; the test split is `num_clips_val` clips of the val digit
+    images (never seen in training) drawn from a third random stream, so its motions differ from val's.
 
     Args:
         image_size: side of the square canvas.
@@ -234,6 +235,7 @@ class MovingDigitsDataModule(SplitDataModule):
         train_idx, val_idx = stratified_split(labels, self.val_fraction, self.seed)
         self.train_dataset = self._dataset("train", images, labels, train_idx)
         self.val_dataset = self._dataset("val", images, labels, val_idx)
+        self.test_dataset = self._dataset("test", images, labels, val_idx)
 
     def _dataset(
         self, split: str, images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor
@@ -243,7 +245,7 @@ class MovingDigitsDataModule(SplitDataModule):
         return MovingDigitsDataset(
             images[idx],
             labels[idx],
-            self.num_clips[split],
+            self.num_clips["train" if split == "train" else "val"],
             self.image_size,
             self.num_frames,
             self.max_speed,

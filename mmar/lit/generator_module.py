@@ -23,6 +23,8 @@ from mmar.conditioning import ConditionTokens, build_condition
 from mmar.errors import ConfigError
 from mmar.lit.batch_tokens import batch_tokens
 from mmar.lit.optim import check_optimizer_settings, configure_adamw
+from mmar.lit.predict_sampler import batch_sampler, checked_sampler_settings
+from mmar.lit.tokenizer_module import model_inputs
 from mmar.sampling import Sampler
 from mmar.tokenizer import load_tokenizer
 from mmar.trunk import AdaLNConditioned, PrefixPadded, Trunk, trunk_config
@@ -52,6 +54,7 @@ class GeneratorModule(LightningModule):
         warmup_steps: int = 100,
         lr_schedule: str = "cosine",
         min_lr_ratio: float = 0.1,
+        sampler: dict | None = None,
     ):
         """A class- or text-conditional generator.
 
@@ -77,6 +80,8 @@ class GeneratorModule(LightningModule):
             warmup_steps: linear warmup steps.
             lr_schedule: "cosine" (to min_lr_ratio * lr) or "constant" after warmup.
             min_lr_ratio: final LR fraction of the cosine schedule.
+            sampler: `mmar predict`'s sampling settings, fields of `mmar.sampling.Sampler` (e.g.
+                {"cfg_scale": 2.0, "temperature": 1.0, "seed": 0}); the seed is offset by the batch index.
         """
         super().__init__()
         check_optimizer_settings(lr, betas, weight_decay, warmup_steps, lr_schedule, min_lr_ratio)
@@ -117,6 +122,7 @@ class GeneratorModule(LightningModule):
                 f"code_pattern '{code_pattern}' leaves cells that generation must not sample, which only "
                 "the next_token unit handles; use next_token, or code_pattern: stack / flatten"
             )
+        checked_sampler_settings(sampler)
         config = trunk_config(trunk, **(trunk_overrides or {}))
         self.trunk = Trunk(config)
         self.conditioning = build_condition(condition, config.d_model, num_classes, class_dropout)
@@ -203,10 +209,17 @@ class GeneratorModule(LightningModule):
         return losses["loss"]
 
     def validation_step(self, batch: dict | None, batch_idx: int) -> None:
+        self._log_eval_losses(batch, "val")
+
+    def test_step(self, batch: dict | None, batch_idx: int) -> None:
+        self._log_eval_losses(batch, "test")
+
+    def _log_eval_losses(self, batch: dict | None, split: str) -> None:
+        """The unit's losses on a held-out batch, as `{split}/{name}` epoch means."""
         if batch is None:
             return
         losses = self.step_losses(batch)
-        self.log_dict({f"val/{k}": v for k, v in losses.items()}, prog_bar=True, sync_dist=True)
+        self.log_dict({f"{split}/{k}": v for k, v in losses.items()}, prog_bar=True, sync_dist=True)
 
     @torch.no_grad()
     def generate(
@@ -319,8 +332,21 @@ class GeneratorModule(LightningModule):
         out[:, :, :kept] = clips[:, :, :kept].to(out.dtype)
         return out
 
-    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self.generate(self.conditioning.values_of(batch))
+    def predict_step(self, batch: dict | None, batch_idx: int) -> dict | None:
+        """Samples for the batch's conditions with the `sampler` settings: {modality: [B, ...] in [-1, 1]}
+        (+ "sample_rate" for audio), what `PredictionWriter` writes. A variable-length tokenizer draws on
+        the segmentation of the batch's own images."""
+        if batch is None:  # every file of the batch was unreadable
+            return None
+        sampler = batch_sampler(self.hparams.sampler, batch_idx)
+        layout = None
+        if self.tokenizer.variable_length:
+            layout = self.tokenizer.encode(model_inputs(batch).to(self.device))
+        samples = self.generate(self.conditioning.values_of(batch), sampler, layout=layout).float()
+        modality = self.tokenizer.modality
+        if modality == "audio":
+            return {"audio": samples, "sample_rate": self.tokenizer.sample_rate}
+        return {modality: samples}
 
     def on_fit_start(self) -> None:
         rate = getattr(self.trainer.datamodule, "hparams", {}).get("sample_rate")  # audio datamodules'

@@ -25,6 +25,7 @@ from mmar.heads.categorical import CategoricalHead
 from mmar.kernels import Causal, linear_cross_entropy
 from mmar.lit.batch_tokens import batch_tokens
 from mmar.lit.optim import check_optimizer_settings, configure_adamw
+from mmar.lit.predict_sampler import batch_sampler, checked_sampler_settings
 from mmar.sampling import Sampler
 from mmar.stream import IMAGE, MODALITIES, TEXT, StreamLayout, StreamVocab, pad
 from mmar.text_tokenizer import TextTokenizer
@@ -53,6 +54,9 @@ class StreamModule(LightningModule):
         warmup_steps: int = 100,
         lr_schedule: str = "cosine",
         min_lr_ratio: float = 0.1,
+        sampler: dict | None = None,
+        predict_prompt_tokens: int = 8,
+        predict_max_tokens: int = 32,
     ):
         """A text LM, or a unified text + image model.
 
@@ -70,9 +74,21 @@ class StreamModule(LightningModule):
             text_vocab_size, text_tokenizer_digest, image_vocab_size: what the checkpoint was trained
                 with, checked against the tokenizers when given (checkpoints record them).
             lr, betas, weight_decay, warmup_steps, lr_schedule, min_lr_ratio: AdamW and its schedule.
+            sampler: `mmar predict`'s sampling settings, fields of `mmar.sampling.Sampler` (e.g.
+                {"cfg_scale": 3.0, "seed": 0}; guidance applies to text-to-image only); the seed is offset
+                by the batch index.
+            predict_prompt_tokens: `mmar predict` on packed text continues the first this many tokens
+                of each row.
+            predict_max_tokens: most tokens a text continuation of `mmar predict` adds.
         """
         super().__init__()
         check_optimizer_settings(lr, betas, weight_decay, warmup_steps, lr_schedule, min_lr_ratio)
+        checked_sampler_settings(sampler)
+        if predict_prompt_tokens < 1 or predict_max_tokens < 1:
+            raise ConfigError(
+                f"predict_prompt_tokens={predict_prompt_tokens} and predict_max_tokens={predict_max_tokens} "
+                "must be >= 1"
+            )
         weights = {TEXT: 1.0, IMAGE: 1.0, **(loss_weights or {})}
         if set(weights) - set(MODALITIES) or any(w < 0 for w in weights.values()):
             raise ConfigError(f"loss_weights={loss_weights}: keys must be in {MODALITIES}, values >= 0")
@@ -251,26 +267,58 @@ class StreamModule(LightningModule):
         )
         return losses["loss"]
 
+    # validation and test: the same token-weighted sums (the two loops never run at the same time)
     def on_validation_epoch_start(self) -> None:
-        self._val_sums = torch.zeros(len(MODALITIES), 2, dtype=torch.float64, device=self.device)
+        self._reset_eval_sums()
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_eval_sums()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._accumulate_eval_losses(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._accumulate_eval_losses(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval_means("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval_means("test")
+
+    def _reset_eval_sums(self) -> None:
+        self._val_sums = torch.zeros(len(MODALITIES), 2, dtype=torch.float64, device=self.device)
+
+    def _accumulate_eval_losses(self, batch: dict, split: str) -> None:
         losses = self.step_losses(batch)
-        self.log("val/loss", losses["loss"], prog_bar=True, sync_dist=True)
+        self.log(f"{split}/loss", losses["loss"], prog_bar=True, sync_dist=True)
         for i, modality in enumerate(MODALITIES):
             if f"{modality}_loss" in losses:
                 count = losses[f"{modality}_tokens"]
                 self._val_sums[i] += torch.stack([losses[f"{modality}_loss"] * count, count.double()])
 
-    def on_validation_epoch_end(self) -> None:
+    def _log_eval_means(self, split: str) -> None:
         """Token-weighted epoch means per modality, and the text perplexity exp(mean text cross-entropy)."""
         sums = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
         for i, modality in enumerate(MODALITIES):
             if sums[i, 1] > 0:
                 mean = (sums[i, 0] / sums[i, 1]).float()
-                self.log(f"val/{modality}_loss", mean)
+                self.log(f"{split}/{modality}_loss", mean)
                 if modality == TEXT:
-                    self.log("val/perplexity", mean.exp(), prog_bar=True)
+                    self.log(f"{split}/perplexity", mean.exp(), prog_bar=True)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """`mmar predict` with the `sampler` settings: captioned batches give text-to-image samples
+        {"image": [B, C, H, W]} (a unified model), packed text gives continuations of each row's first
+        `predict_prompt_tokens` tokens {"text": [prompt + continuation, ...]}."""
+        sampler = batch_sampler(self.hparams.sampler, batch_idx)
+        if "caption" in batch and self.image_tokenizer is not None:
+            return {"image": self.generate(list(batch["caption"]), sampler).float().clamp(-1, 1)}
+        ids, n = self.sequences_of(batch)[0].cpu(), self.hparams.predict_prompt_tokens
+        specials = max(self.text_tokenizer.bos_id, self.text_tokenizer.eos_id)  # ids 0, 1: not prompt text
+        prompts = [self.text_tokenizer.decode(row[row > specials][:n].tolist()) for row in ids]
+        continued = self.continue_text(prompts, sampler, self.hparams.predict_max_tokens)
+        return {"text": [prompt + text for prompt, text in zip(prompts, continued)]}
 
     def configure_optimizers(self):
         return configure_adamw(self, torch.nn.ModuleList([self.trunk, self.head]))

@@ -167,11 +167,16 @@ class TokenizerModule(LightningModule):
         self.discriminator, self.own_discriminator = self._make_discriminator(
             gan_weight, disc_channels, disc_layers, disc_kwargs or {}
         )
-        # Kept out of the module tree on purpose: the frozen VGG stays out of checkpoints and DDP.
-        self._perceptual = [PerceptualLoss(perceptual_pretrained)] if perceptual_weight > 0 else []
+        # Kept out of the module tree on purpose: the frozen VGG stays out of checkpoints and DDP. Built in
+        # `setup("fit")`: validate, test and predict never need it (a VGG16 takes seconds to initialise).
+        self._perceptual: list[PerceptualLoss] = []
         discrete = self.tokenizer.kind == "discrete"
         self.train_usage = CodebookUsage(self.tokenizer.vocab_size, usage_buffer) if discrete else None
         self.val_usage = CodebookUsage(self.tokenizer.vocab_size, usage_buffer) if discrete else None
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.perceptual_weight > 0 and not self._perceptual:
+            self._perceptual.append(PerceptualLoss(self.hparams.perceptual_pretrained))
 
     def _make_discriminator(
         self, gan_weight: float, disc_channels: int, disc_layers: int, disc_kwargs: dict[str, Any]
@@ -282,24 +287,56 @@ class TokenizerModule(LightningModule):
         return self
 
     def validation_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> None:
+        self._log_reconstruction_metrics(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> None:
+        self._log_reconstruction_metrics(batch, "test")
+
+    def _log_reconstruction_metrics(self, batch: dict[str, torch.Tensor] | None, split: str) -> None:
+        """Reconstruction losses and PSNR as `{split}/{name}` epoch means; code ids feed the usage."""
         if batch is None:
             return
         x = model_inputs(batch)  # [B, C, H, W] or [B, C, T, H, W]
         recon, ids, _ = self._autoencode(batch, x)  # [B, C, H, W], [B, h, w]
         kwargs = {"on_epoch": True, "batch_size": x.shape[0], "sync_dist": True}
         for name, value in self._reconstruction_losses(recon, x).items():
-            self.log(f"val/{name}", value, prog_bar=True, **kwargs)
-        self.log("val/psnr", psnr(recon, x), prog_bar=True, **kwargs)
+            self.log(f"{split}/{name}", value, prog_bar=True, **kwargs)
+        self.log(f"{split}/psnr", psnr(recon, x), prog_bar=True, **kwargs)
         if self.val_usage is not None:
             self.val_usage.update(ids)
 
+    def predict_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> dict | None:
+        """Reconstructions of the batch's inputs: {modality: [B, ...] in [-1, 1]} (+ "sample_rate" for
+        audio), what `PredictionWriter` writes."""
+        if batch is None:
+            return None
+        x = model_inputs(batch)
+        recon = self._autoencode(batch, x)[0].float().clamp(-1, 1)
+        modality = self.tokenizer.modality
+        if modality == "audio":
+            return {"audio": recon, "sample_rate": self.tokenizer.sample_rate}
+        return {modality: recon}
+
+    # validation and test share one usage buffer: the two loops never run at the same time
     def on_validation_epoch_start(self) -> None:
+        self._reset_usage()
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_usage()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_usage("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_usage("test")
+
+    def _reset_usage(self) -> None:
         if self.val_usage is not None:
             self.val_usage.reset()
 
-    def on_validation_epoch_end(self) -> None:
+    def _log_usage(self, split: str) -> None:
         if self.val_usage is not None and self.val_usage.count:
-            self.log("val/usage", self.val_usage.compute(), prog_bar=True)
+            self.log(f"{split}/usage", self.val_usage.compute(), prog_bar=True)
 
     def on_train_end(self) -> None:
         export_dir = self.hparams.export_dir

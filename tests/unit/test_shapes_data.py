@@ -181,6 +181,6 @@ def test_bad_arguments_name_the_field(kwargs, match):
 
 def test_bad_split_and_index():
     with pytest.raises(ConfigError, match="split must be one of"):
-        ShapesDataset(4, split="test")
+        ShapesDataset(4, split="holdout")  # "test" is a split now
     with pytest.raises(IndexError):
         ShapesDataset(4).scene(4)
