@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import sys
 
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 
 from mmar.errors import ConfigError
+from mmar.lit.interrupt import SaveOnInterrupt
+from mmar.lit.rng_state import TrainingRNG
 
 
 class MMARCLI(LightningCLI):
@@ -27,6 +29,12 @@ class MMARCLI(LightningCLI):
             subclass_mode_data=True,
             **kwargs,
         )
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """The configured Trainer plus what every run needs to resume exactly and to save on a signal."""
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.extend([TrainingRNG(), SaveOnInterrupt()])
+        return trainer
 
 
 def main(args: list[str] | None = None) -> None:

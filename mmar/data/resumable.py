@@ -1,0 +1,92 @@
+"""A training DataLoader whose order and augmentations are a pure function of (seed, epoch, batch), so a
+run resumed mid-epoch sees exactly the batches the uninterrupted run would have seen.
+
+- `ResumableSampler` shuffles with its own seeded generator per epoch (never the global RNG) and shards
+  across ranks like `DistributedSampler` (it is one, so Lightning leaves it in place under DDP); it can
+  start an epoch at a given batch.
+- `ResumableLoader` reseeds the global RNGs before fetching each batch (and restores them after), so
+  random augmentations in `Dataset.__getitem__` neither depend on nor disturb the model's RNG stream.
+  This is exact with `num_workers=0`; worker processes draw their own seeds, so with workers the order
+  stays exact but the augmentations of a resumed epoch differ.
+
+The DataModule records where training stands (`batches_done` of Lightning's progress, not how far the
+loader has prefetched) in its checkpoint state and hands it back through `resume_at`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+_SEED_MIX = 1_000_003  # a prime: distinct (seed, epoch, batch, rank) give distinct batch seeds
+
+
+class ResumableSampler(DistributedSampler):
+    """Seeded per-epoch shuffle of this rank's share of `dataset`, optionally starting mid-epoch."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool = True, seed: int = 0):
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        rank = dist.get_rank() if world > 1 else 0
+        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+        self.batch_size = batch_size
+        self.start_batch = 0  # batches of `self.epoch` already trained on; applies to the next pass only
+
+    def resume_at(self, epoch: int, start_batch: int) -> None:
+        """The next pass yields epoch `epoch` from batch `start_batch` on."""
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:  # Lightning sets the resumed epoch again: keep its start then
+            self.start_batch = 0
+        super().set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())[self.start_batch * self.batch_size :]
+        self.start_batch = 0
+        return iter(indices)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over a `ResumableSampler` that fetches each batch under its own seeded RNGs."""
+
+    def __init__(self, dataset: Dataset, sampler: ResumableSampler, **kwargs):
+        super().__init__(dataset, sampler=sampler, **kwargs)
+
+    def state_dict(self) -> dict:
+        """Nothing: the position lives in the DataModule, which knows what was trained on rather than
+        prefetched. Being stateful tells Lightning that a mid-epoch resume is supported."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
+
+    def __iter__(self) -> Iterator:
+        sampler = self.sampler
+        epoch, batch = sampler.epoch, sampler.start_batch
+        batches = super().__iter__()
+        while True:
+            seed = ((sampler.seed * _SEED_MIX + epoch) * _SEED_MIX + batch) * _SEED_MIX + sampler.rank
+            with seeded_rngs(seed % 2**63):
+                try:
+                    item = next(batches)
+                except StopIteration:
+                    return
+            yield item
+            batch += 1
+
+
+@contextmanager
+def seeded_rngs(seed: int):
+    """Run the block with torch (CPU), numpy and Python RNGs seeded by `seed`; restore them after."""
+    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    torch.default_generator.manual_seed(seed), np.random.seed(seed % 2**32), random.seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(states[0]), np.random.set_state(states[1]), random.setstate(states[2])

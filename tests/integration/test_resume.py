@@ -1,0 +1,114 @@
+"""Exact resume: a real `mmar fit` interrupted by a real SIGINT (or SIGTERM under 2-process DDP) and
+resumed with `--ckpt_path last` continues step for step as if it had never stopped."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmar.cli import main as mmar_main
+
+STEPS = 22  # two epochs of 11 batches (180 train digits, batch 16): the resume crosses an epoch boundary
+
+
+def fit_args(tokenizer: str, root: Path, version: str, steps: int = STEPS) -> list[str]:
+    """The debug next-token recipe with EMA and augmentations, its losses logged to CSV at every step."""
+    return [
+        "fit",
+        "--config=configs/debug/ar.yaml",
+        f"--model.init_args.tokenizer={tokenizer}",
+        "--model.init_args.trunk_overrides={dropout: 0.1}",  # training steps draw from the RNG
+        "--data.init_args.val_fraction=0.9",
+        "--data.init_args.batch_size=16",
+        "--data.init_args.augment=true",  # so does the data
+        f"--trainer.max_steps={steps}",
+        f"--trainer.default_root_dir={root}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        f"--trainer.logger.save_dir={root}",
+        f"--trainer.logger.version={version}",
+        "--trainer.logger.flush_logs_every_n_steps=1",
+    ]
+
+
+def losses(root: Path, version: str) -> dict[int, float]:
+    """{step: train loss} from a run's CSV log (a resumed run starts the file again)."""
+    path = root / "lightning_logs" / version / "metrics.csv"
+    if not path.exists():
+        return {}
+    rows = list(csv.DictReader(path.open()))
+    return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    """`mmar ...` as a separate process, the way a user runs it."""
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd())}
+    command = [sys.executable, "-m", "mmar.cli", *args]
+    return subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def interrupt_after(process: subprocess.Popen, root: Path, version: str, steps: int, sig: int) -> str:
+    """Send `sig` once the run has logged `steps` losses; its stderr after it exits."""
+    deadline = time.monotonic() + 300
+    while len(losses(root, version)) < steps and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=300)
+    return err
+
+
+@pytest.fixture(scope="module")
+def interrupted_and_reference(debug_tokenizer, tmp_path_factory):
+    """(root, last.ckpt of the interrupted run, its losses before and after the interruption) of a reference
+    run, an interrupted one and its resume."""
+    root = tmp_path_factory.mktemp("resume")
+    mmar_main(fit_args(debug_tokenizer, root, "reference"))
+    process = start(fit_args(debug_tokenizer, root, "interrupted"))
+    err = interrupt_after(process, root, "interrupted", steps=3, sig=signal.SIGINT)
+    assert process.returncode == 128 + signal.SIGINT, err
+    last = root / "lightning_logs" / "interrupted" / "checkpoints" / "last.ckpt"
+    assert f"interrupted by SIGINT after step {torch.load(last)['global_step']}: saved {last}" in err
+    before = losses(root, "interrupted")
+    mmar_main([*fit_args(debug_tokenizer, root, "interrupted"), "--ckpt_path=last"])
+    return root, last, before, losses(root, "interrupted")
+
+
+def test_interrupted_run_resumes_with_the_same_losses(interrupted_and_reference):
+    root, last, before, after = interrupted_and_reference
+    stopped_at = torch.load(last)["global_step"]
+    assert 3 <= stopped_at < STEPS  # it really stopped mid-way, after the steps it had logged
+    reference = losses(root, "reference")
+    assert sorted(reference) == list(range(STEPS)) and sorted(after) == list(range(stopped_at, STEPS))
+    assert len(before) >= 3  # the step in flight at the signal finished and was saved, but is not logged
+    logged = {**before, **after}
+    assert logged == {step: reference[step] for step in logged}
+
+
+def test_resumed_run_ends_with_the_same_ema_weights_and_optimizer(interrupted_and_reference):
+    root = interrupted_and_reference[0]
+    name = f"epoch=1-step={STEPS}.ckpt"
+    reference = torch.load(root / "lightning_logs" / "reference" / "checkpoints" / name)
+    resumed = torch.load(root / "lightning_logs" / "interrupted" / "checkpoints" / name)
+    for key, value in reference["state_dict"].items():  # the EMA weights (EMAWeightAveraging swaps them in)
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0)
+    ref_adam, res_adam = reference["optimizer_states"][0]["state"], resumed["optimizer_states"][0]["state"]
+    for index, state in ref_adam.items():
+        torch.testing.assert_close(res_adam[index]["exp_avg_sq"], state["exp_avg_sq"], rtol=0, atol=0)
+    assert resumed["lr_schedulers"] == reference["lr_schedulers"]
+
+
+def test_resume_with_another_max_steps_is_one_line_error(interrupted_and_reference, debug_tokenizer, capsys):
+    root, last = interrupted_and_reference[:2]
+    args = [*fit_args(debug_tokenizer, root, "longer", steps=40), f"--ckpt_path={last}"]
+    with pytest.raises(SystemExit) as exit_info:
+        mmar_main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: the checkpoint's lr schedule spans 22 steps but this run has 40")
+    assert "--trainer.max_steps=22" in err
