@@ -112,3 +112,20 @@ def test_resume_with_another_max_steps_is_one_line_error(interrupted_and_referen
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: the checkpoint's lr schedule spans 22 steps but this run has 40")
     assert "--trainer.max_steps=22" in err
+
+
+def test_two_process_ddp_fit_saves_on_sigterm_and_resumes(debug_tokenizer, tmp_path):
+    """2 CPU processes (gloo): a SIGTERM to the launching process stops both after the same step, and
+    `--ckpt_path last` finishes the run (5 batches per rank and epoch: the resume crosses an epoch)."""
+    ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+    args = [*fit_args(debug_tokenizer, tmp_path, "ddp", steps=8), *ddp]
+    process = start(args)
+    err = interrupt_after(process, tmp_path, "ddp", steps=2, sig=signal.SIGTERM)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    last = tmp_path / "lightning_logs" / "ddp" / "checkpoints" / "last.ckpt"
+    stopped_at = torch.load(last)["global_step"]
+    assert f"interrupted by SIGTERM after step {stopped_at}" in err and 2 <= stopped_at < 8
+    resumed = start([*args, "--ckpt_path=last"])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert sorted(losses(tmp_path, "ddp")) == list(range(stopped_at, 8))
