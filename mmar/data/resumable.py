@@ -30,10 +30,19 @@ _SEED_MIX = 1_000_003  # a prime: distinct (seed, epoch, batch, rank) give disti
 class ResumableSampler(DistributedSampler):
     """Seeded per-epoch shuffle of this rank's share of `dataset`, optionally starting mid-epoch."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool = True, seed: int = 0):
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        rank = dist.get_rank() if world > 1 else 0
-        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ):
+        distributed = dist.is_available() and dist.is_initialized()
+        num_replicas = num_replicas or (dist.get_world_size() if distributed else 1)
+        rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         self.batch_size = batch_size
         self.start_batch = 0  # batches of `self.epoch` already trained on; applies to the next pass only
 
@@ -69,10 +78,16 @@ class ResumableLoader(DataLoader):
     def __iter__(self) -> Iterator:
         sampler = self.sampler
         epoch, batch = sampler.epoch, sampler.start_batch
-        batches = super().__iter__()
+
+        def seed() -> int:
+            return (
+                ((sampler.seed * _SEED_MIX + epoch) * _SEED_MIX + batch) * _SEED_MIX + sampler.rank
+            ) % 2**63
+
+        with seeded_rngs(seed()):  # creating the iterator draws the workers' base seed
+            batches = super().__iter__()
         while True:
-            seed = ((sampler.seed * _SEED_MIX + epoch) * _SEED_MIX + batch) * _SEED_MIX + sampler.rank
-            with seeded_rngs(seed % 2**63):
+            with seeded_rngs(seed()):
                 try:
                     item = next(batches)
                 except StopIteration:

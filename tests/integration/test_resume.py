@@ -34,6 +34,8 @@ def fit_args(tokenizer: str, root: Path, version: str, steps: int = STEPS) -> li
         f"--trainer.logger.save_dir={root}",
         f"--trainer.logger.version={version}",
         "--trainer.logger.flush_logs_every_n_steps=1",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.save_top_k=-1",  # keep the end-of-epoch checkpoints too
     ]
 
 
@@ -101,6 +103,17 @@ def test_resumed_run_ends_with_the_same_ema_weights_and_optimizer(interrupted_an
     for index, state in ref_adam.items():
         torch.testing.assert_close(res_adam[index]["exp_avg_sq"], state["exp_avg_sq"], rtol=0, atol=0)
     assert resumed["lr_schedulers"] == reference["lr_schedulers"]
+
+
+def test_run_resumed_from_an_end_of_epoch_checkpoint_has_the_same_losses(
+    interrupted_and_reference, debug_tokenizer
+):
+    root = interrupted_and_reference[0]
+    epoch_end = root / "lightning_logs" / "reference" / "checkpoints" / "epoch=0-step=11.ckpt"
+    mmar_main([*fit_args(debug_tokenizer, root, "from_epoch_end"), f"--ckpt_path={epoch_end}"])
+    reference, resumed = losses(root, "reference"), losses(root, "from_epoch_end")
+    assert sorted(resumed) == list(range(11, STEPS))
+    assert resumed == {step: reference[step] for step in resumed}
 
 
 def test_resume_with_another_max_steps_is_one_line_error(interrupted_and_reference, debug_tokenizer, capsys):
