@@ -45,17 +45,36 @@ class ResumableSampler(DistributedSampler):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         self.batch_size = batch_size
         self.start_batch = 0  # batches of `self.epoch` already trained on; applies to the next pass only
+        self._epoch_offset = 0  # data epoch minus Lightning's epoch number
+        self._resumed_epoch: int | None = None  # set until Lightning's numbering is aligned to it
+        self._lightning_epoch: int | None = None
+        self._in_resumed_pass = False
 
     def resume_at(self, epoch: int, start_batch: int) -> None:
         """The next pass yields epoch `epoch` from batch `start_batch` on."""
-        self.epoch, self.start_batch = epoch, start_batch
+        self.epoch, self.start_batch, self._resumed_epoch = epoch, start_batch, epoch
+        self._lightning_epoch, self._in_resumed_pass = None, False
 
     def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:  # Lightning sets the resumed epoch again: keep its start then
+        # After a checkpoint written at the end of an epoch, Lightning counts one epoch ahead of the data
+        # (and may set it twice before the pass), so its numbers are aligned to the resumed epoch: by the
+        # last one set before the resumed pass starts, or else the first one set during it.
+        if self._resumed_epoch is not None:
+            if self._in_resumed_pass:
+                self._epoch_offset, self._resumed_epoch = self._resumed_epoch - epoch, None
+            else:
+                self._lightning_epoch = epoch
+            return
+        epoch += self._epoch_offset
+        if epoch != self.epoch:
             self.start_batch = 0
         super().set_epoch(epoch)
 
     def __iter__(self) -> Iterator[int]:
+        if self._resumed_epoch is not None and self._lightning_epoch is not None:
+            self._epoch_offset, self._resumed_epoch = self._resumed_epoch - self._lightning_epoch, None
+        elif self._resumed_epoch is not None:
+            self._in_resumed_pass = True
         indices = list(super().__iter__())[self.start_batch * self.batch_size :]
         self.start_batch = 0
         return iter(indices)

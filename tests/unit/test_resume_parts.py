@@ -22,10 +22,26 @@ def test_sampler_resumed_mid_epoch_yields_the_rest_of_that_epoch():
     resumed.set_epoch(2)  # Lightning sets the resumed epoch again at its start
     assert list(resumed) == list(full)[20:]
     assert list(resumed) == list(full)  # the start applies to one pass only
-    resumed.resume_at(epoch=2, start_batch=5)
     resumed.set_epoch(3)  # a new epoch starts from its first batch
     full.set_epoch(3)
     assert list(resumed) == list(full) != list(range(50))
+
+
+@pytest.mark.parametrize("set_before_pass", [[], [2], [2, 3]])
+def test_sampler_follows_lightnings_epoch_count_from_the_resumed_epoch_on(set_before_pass):
+    """Lightning sets epochs before or after a resumed pass starts, and after a checkpoint written at the
+    end of an epoch it counts one ahead (here: its 3 is the data's 2)."""
+    data = list(range(50))
+    full, resumed = ResumableSampler(data, batch_size=4), ResumableSampler(data, batch_size=4)
+    resumed.resume_at(epoch=2, start_batch=1)
+    for lightning_epoch in set_before_pass:
+        resumed.set_epoch(lightning_epoch)
+    full.set_epoch(2)
+    assert list(resumed) == list(full)[4:]
+    lightning = set_before_pass[-1] if set_before_pass else 3
+    resumed.set_epoch(lightning)  # set again during the pass: no change
+    resumed.set_epoch(lightning + 1), full.set_epoch(3)
+    assert list(resumed) == list(full)
 
 
 def test_sampler_shards_are_disjoint_and_cover_the_data():
