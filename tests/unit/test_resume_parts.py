@@ -1,7 +1,9 @@
 """The parts of exact resume: a sampler that starts mid-epoch, per-batch data seeds, RNG states that
 survive a weights-only checkpoint, and a cosine schedule that refuses to change length."""
 
+import os
 import random
+import signal
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import torch
 
 from mmar.data.resumable import ResumableLoader, ResumableSampler, seeded_rngs
 from mmar.errors import ConfigError
+from mmar.lit.interrupt import SaveOnInterrupt
 from mmar.lit.optim import WarmupSchedule
 from mmar.lit.rng_state import rng_states, set_rng_states
 
@@ -115,3 +118,16 @@ def test_constant_schedule_resumes_with_any_length():
     longer = schedule(300, "constant")
     longer.load_state_dict(saved.state_dict())
     assert longer.total_steps == 300 and longer.get_last_lr() == saved.get_last_lr() == [1.0]
+
+
+def test_first_signal_is_noted_and_a_second_interrupts_at_once():
+    callback, before = SaveOnInterrupt(), signal.getsignal(signal.SIGTERM)
+    callback.on_train_start(None, None)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert callback.received == signal.SIGTERM  # noted; the step in flight goes on
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        callback.on_exception(None, None, KeyboardInterrupt())
+    assert signal.getsignal(signal.SIGTERM) is before
