@@ -48,21 +48,26 @@ def losses(root: Path, version: str) -> dict[int, float]:
     return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
 
 
-def start(args: list[str]) -> subprocess.Popen:
-    """`mmar ...` as a separate process, the way a user runs it."""
+def start(args: list[str], stderr: Path) -> subprocess.Popen:
+    """`mmar ...` as a separate process, the way a user runs it; its stderr goes to a file (a pipe left
+    unread while the test waits could fill up and stall it)."""
     env = {**os.environ, "PYTHONPATH": str(Path.cwd())}
-    command = [sys.executable, "-m", "mmar.cli", *args]
-    return subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    with stderr.open("w") as err:
+        return subprocess.Popen([sys.executable, "-m", "mmar.cli", *args], env=env, stderr=err)
 
 
-def interrupt_after(process: subprocess.Popen, root: Path, version: str, steps: int, sig: int) -> str:
-    """Send `sig` once the run has logged `steps` losses; its stderr after it exits."""
+def finish(process: subprocess.Popen, stderr: Path) -> str:
+    """Wait for `process`; the stderr it wrote."""
+    process.wait(timeout=300)
+    return stderr.read_text()
+
+
+def interrupt_after(process: subprocess.Popen, root: Path, version: str, steps: int, sig: int) -> None:
+    """Send `sig` once the run has logged `steps` losses."""
     deadline = time.monotonic() + 300
     while len(losses(root, version)) < steps and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     process.send_signal(sig)
-    _, err = process.communicate(timeout=300)
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +76,9 @@ def interrupted_and_reference(debug_tokenizer, tmp_path_factory):
     run, an interrupted one and its resume."""
     root = tmp_path_factory.mktemp("resume")
     mmar_main(fit_args(debug_tokenizer, root, "reference"))
-    process = start(fit_args(debug_tokenizer, root, "interrupted"))
-    err = interrupt_after(process, root, "interrupted", steps=3, sig=signal.SIGINT)
+    process = start(fit_args(debug_tokenizer, root, "interrupted"), root / "stderr.txt")
+    interrupt_after(process, root, "interrupted", steps=3, sig=signal.SIGINT)
+    err = finish(process, root / "stderr.txt")
     assert process.returncode == 128 + signal.SIGINT, err
     last = root / "lightning_logs" / "interrupted" / "checkpoints" / "last.ckpt"
     assert f"interrupted by SIGINT after step {torch.load(last)['global_step']}: saved {last}" in err
@@ -132,13 +138,14 @@ def test_two_process_ddp_fit_saves_on_sigterm_and_resumes(debug_tokenizer, tmp_p
     `--ckpt_path last` finishes the run (5 batches per rank and epoch: the resume crosses an epoch)."""
     ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
     args = [*fit_args(debug_tokenizer, tmp_path, "ddp", steps=8), *ddp]
-    process = start(args)
-    err = interrupt_after(process, tmp_path, "ddp", steps=2, sig=signal.SIGTERM)
+    process = start(args, tmp_path / "stderr.txt")
+    interrupt_after(process, tmp_path, "ddp", steps=2, sig=signal.SIGTERM)
+    err = finish(process, tmp_path / "stderr.txt")
     assert process.returncode == 128 + signal.SIGTERM, err
     last = tmp_path / "lightning_logs" / "ddp" / "checkpoints" / "last.ckpt"
     stopped_at = torch.load(last)["global_step"]
     assert f"interrupted by SIGTERM after step {stopped_at}" in err and 2 <= stopped_at < 8
-    resumed = start([*args, "--ckpt_path=last"])
-    _, err = resumed.communicate(timeout=300)
+    resumed = start([*args, "--ckpt_path=last"], tmp_path / "stderr.txt")
+    err = finish(resumed, tmp_path / "stderr.txt")
     assert resumed.returncode == 0, err
     assert sorted(losses(tmp_path, "ddp")) == list(range(stopped_at, 8))
