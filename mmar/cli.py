@@ -21,8 +21,10 @@ from lightning.pytorch.cli import LightningCLI
 from mmar.checkpoint_io import read_checkpoint, use_safe_checkpoint_io
 from mmar.cli_checks import check_no_null_arguments, check_trainer_settings
 from mmar.errors import ConfigError
+from mmar.lit.interrupt import SaveOnInterrupt
 from mmar.lit.nonfinite import NonFiniteGuard
 from mmar.lit.prediction_writer import PredictionWriter
+from mmar.lit.rng_state import TrainingRNG
 from mmar.lit.watch import watch_defaults
 
 
@@ -56,11 +58,13 @@ class MMARCLI(LightningCLI):
         # with its own progress bar, or without a logger, would fail
         trainer = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         try:
-            return super().instantiate_trainer(**{**kwargs, **watch_defaults(trainer)})
+            built = super().instantiate_trainer(**{**kwargs, **watch_defaults(trainer)})
         except (TypeError, ValueError, MisconfigurationException) as err:  # Lightning refusing a setting
             if isinstance(err, ConfigError):
                 raise
             raise ConfigError(f"the trainer settings are refused: {' '.join(str(err).split())}") from err
+        built.callbacks.extend([TrainingRNG(), SaveOnInterrupt()])  # exact resume, a save on a signal
+        return built
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

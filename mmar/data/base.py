@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset
 
+from mmar.data.resumable import ResumableLoader, ResumableSampler
 from mmar.errors import ConfigError
 
 
@@ -16,7 +19,9 @@ class SplitDataModule(LightningDataModule):
 
     `predict` reads the test split in order (its conditions for generators, its inputs for tokenizers);
     `trainer.limit_predict_batches` sets how many batches. Training batches are shuffled and drop the
-    last incomplete batch when the dataset holds more than one batch.
+    last incomplete batch when the dataset holds more than one batch. The shuffle is seeded by the run's
+    `seed_everything` and the position in the epoch is saved in checkpoints, so a resumed run continues
+    the data order exactly (see `mmar.data.resumable`).
     """
 
     collate_fn: Callable | None = None
@@ -32,6 +37,8 @@ class SplitDataModule(LightningDataModule):
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
+        self._train_sampler: ResumableSampler | None = None
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
@@ -54,15 +61,36 @@ class SplitDataModule(LightningDataModule):
         return self.test_dataloader()
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
+        kwargs = dict(
             batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=self.collate_fn,
         )
+        if not train:
+            return DataLoader(dataset, shuffle=False, **kwargs)
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by seed_everything, on every rank
+        self._train_sampler = ResumableSampler(dataset, self.batch_size, seed=seed)
+        if self._resume_at is not None:
+            self._train_sampler.resume_at(*self._resume_at)
+            self._resume_at = None
+        drop_last = len(dataset) > self.batch_size
+        return ResumableLoader(dataset, self._train_sampler, drop_last=drop_last, **kwargs)
+
+    def state_dict(self) -> dict:
+        """Where training stands in the data: the epoch and the batches of it trained on (Lightning's
+        count, not the loader's, which has prefetched ahead); empty outside of fitting."""
+        trainer, sampler = self.trainer, self._train_sampler
+        if trainer is None or sampler is None or trainer.state.fn != TrainerFn.FITTING:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= trainer.num_training_batches:  # saved at the end of an epoch: the next one starts
+            return {"epoch": sampler.epoch + 1, "batches_done": 0}
+        return {"epoch": sampler.epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self._resume_at = (state["epoch"], state["batches_done"])
 
 
 class FolderDataModule(SplitDataModule):

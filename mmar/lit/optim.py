@@ -53,13 +53,33 @@ def adamw(module: nn.Module, lr: float, betas: tuple[float, float], weight_decay
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
 
 
+class WarmupSchedule(torch.optim.lr_scheduler.LambdaLR):
+    """Per-step LambdaLR applying `warmup_schedule`; its checkpoint state records `total_steps`, and
+    resuming a cosine schedule under a different total is refused: the cosine would silently stretch
+    or jump. A constant schedule does not depend on the total, so it may be resumed with any."""
+
+    def __init__(self, optimizer, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float):
+        self.total_steps, self.schedule = total_steps, schedule
+        super().__init__(
+            optimizer, lambda step: warmup_schedule(step, warmup_steps, total_steps, schedule, min_lr_ratio)
+        )
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = state_dict.get("total_steps", self.total_steps)
+        if self.schedule == "cosine" and saved != self.total_steps:
+            raise ConfigError(
+                f"the checkpoint's lr schedule spans {saved} steps but this run has {self.total_steps}; "
+                f"resume with --trainer.max_steps={saved} (the schedule cannot change length mid-run), "
+                "or start a new run from the checkpoint's weights"
+            )
+        super().load_state_dict({**state_dict, "total_steps": self.total_steps})
+
+
 def scheduled(optimizer, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float = 0.1):
-    """A per-step LambdaLR applying `warmup_schedule` to `optimizer`."""
+    """A per-step `WarmupSchedule` applying `warmup_schedule` to `optimizer`."""
     if schedule not in LR_SCHEDULES:
         raise ConfigError(f"unknown lr_schedule '{schedule}'; choose one of {LR_SCHEDULES}")
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_schedule(step, warmup_steps, total_steps, schedule, min_lr_ratio)
-    )
+    return WarmupSchedule(optimizer, warmup_steps, total_steps, schedule, min_lr_ratio)
 
 
 def adamw_with_schedule(
