@@ -156,7 +156,8 @@ class DigitsDataModule(SplitDataModule):
         return (1, self.image_size, self.image_size)
 
     def embedded_metrics(self, condition: str):
-        """Class-conditional digits: the digits classifier's accuracy and FD against the val (= test) split."""
+        """Class-conditional digits: the digits classifier's accuracy and FD against the val (= test)
+        split."""
         if condition != "label":
             return None
         from mmar.eval.embedded import DigitsMetrics

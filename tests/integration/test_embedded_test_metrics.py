@@ -36,8 +36,8 @@ def test_digits_generator_reports_class_accuracy_and_fd(debug_tokenizer, tmp_pat
     other = mmar_test(capsys, "configs/debug/ar.yaml", *args, '--model.init_args.sampler={"seed": 1}')
     assert other["fd"] != first["fd"] and other["loss"] == first["loss"]
 
-    losses_only = mmar_test(capsys, "configs/debug/ar.yaml", *args, "--model.init_args.test_samples_per_class=0")
-    assert set(losses_only) == {"loss"}
+    args.append("--model.init_args.test_samples_per_class=0")
+    assert set(mmar_test(capsys, "configs/debug/ar.yaml", *args)) == {"loss"}
 
 
 @pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
@@ -65,3 +65,12 @@ def test_folder_generator_reports_losses_only(debug_tokenizer, tmp_path, capsys)
     args = [f"--model.init_args.tokenizer={debug_tokenizer}", f"--trainer.default_root_dir={tmp_path}"]
     args += [f"--data={json.dumps(data)}", "--model.init_args.num_classes=2"]
     assert set(mmar_test(capsys, "configs/debug/ar.yaml", *args)) == {"loss"}
+
+
+def test_negative_samples_per_class_is_one_line_error(debug_tokenizer, capsys):
+    args = ["test", "--config", "configs/debug/ar.yaml", f"--model.init_args.tokenizer={debug_tokenizer}"]
+    with pytest.raises(SystemExit) as exit_info:
+        mmar_main([*args, "--model.init_args.test_samples_per_class=-1", *QUIET])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: model.test_samples_per_class=-1 must be >= 0") and "\n" not in err
