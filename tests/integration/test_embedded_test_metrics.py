@@ -24,7 +24,8 @@ def mmar_test(capsys, config: str, *args: str) -> dict[str, float]:
 
 
 @pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
-def test_digits_generator_reports_class_accuracy_and_fd(debug_tokenizer, tmp_path, capsys):
+def test_digits_generator_reports_class_accuracy_and_fd(debug_tokenizer, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MMAR_CACHE", str(tmp_path / "cache"))  # the classifier trains inside the test loop
     args = [f"--model.init_args.tokenizer={debug_tokenizer}", f"--trainer.default_root_dir={tmp_path}"]
     args.append("--model.init_args.test_samples_per_class=2")  # 20 samples
     first = mmar_test(capsys, "configs/debug/ar.yaml", *args)
