@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +200,16 @@ class EmbeddedNotesDataModule(SplitDataModule):
     def audio_shape(self) -> tuple[int, int]:
         """(C, N) of every clip."""
         return (1, max(1, round(self.duration * self.sample_rate)))
+
+    def embedded_metrics(self, condition: str):
+        """Class-conditional notes: the pitch classifier's accuracy and FD against held-out clips."""
+        if condition != "label":
+            return None
+        from mmar.eval.audio import NotesMetrics
+        from mmar.eval.sample_metrics import ClassMetrics
+
+        build = partial(NotesMetrics, self.sample_rate, self.duration, self.seed)  # built on first use
+        return ClassMetrics(self.num_classes, build, "audio")
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:

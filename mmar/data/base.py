@@ -60,6 +60,12 @@ class SplitDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader | list:
         return self.test_dataloader()
 
+    def embedded_metrics(self, condition: str):
+        """The embedded metric of generated samples that fits this data (`mmar.eval.sample_metrics`) for a
+        generator whose condition reads batch[condition] ("label", "caption"), or None: then `mmar test`
+        reports the generator's losses only (real data: FID through scripts/eval_fid.py)."""
+        return None
+
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         kwargs = dict(
             batch_size=self.batch_size,

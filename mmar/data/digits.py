@@ -11,7 +11,7 @@ Batches: {"image": float32 [B, 1, H, W] in [-1, 1], "label": long [B]}.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import numpy as np
 import torch
@@ -154,6 +154,17 @@ class DigitsDataModule(SplitDataModule):
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of every image."""
         return (1, self.image_size, self.image_size)
+
+    def embedded_metrics(self, condition: str):
+        """Class-conditional digits: the digits classifier's accuracy and FD against the val (= test)
+        split."""
+        if condition != "label":
+            return None
+        from mmar.eval.embedded import DigitsMetrics
+        from mmar.eval.sample_metrics import ClassMetrics
+
+        build = partial(DigitsMetrics, self.image_size, self.val_fraction, self.seed)  # built on first use
+        return ClassMetrics(NUM_CLASSES, build, "digits")
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:

@@ -349,6 +349,14 @@ class ShapesDataModule(SplitDataModule):
         """(C, H, W) of every image."""
         return (3, self.image_size, self.image_size)
 
+    def embedded_metrics(self, condition: str):
+        """Text-to-image: the compositional score of the benchmark prompts (class-conditional: None)."""
+        if condition != "caption":
+            return None
+        from mmar.eval.sample_metrics import CompositionalMetrics
+
+        return CompositionalMetrics(self.image_size)
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return

@@ -23,6 +23,8 @@ for text-conditional generators (`mmar.conditioning.TextCondition`).
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -227,6 +229,18 @@ class MovingDigitsDataModule(SplitDataModule):
     def video_shape(self) -> tuple[int, int, int, int]:
         """(C, T, H, W) of every clip."""
         return (1, self.num_frames, self.image_size, self.image_size)
+
+    def embedded_metrics(self, condition: str):
+        """Class-conditional moving digits: digit (and motion) accuracy, temporal consistency and FD
+        against held-out clips."""
+        if condition != "label":
+            return None
+        from mmar.eval.sample_metrics import ClassMetrics
+        from mmar.eval.video import MovingDigitsMetrics
+
+        settings = (self.image_size, self.num_frames, self.max_speed, self.val_fraction, self.seed)
+        build = partial(MovingDigitsMetrics, *settings, digit_size=self.digit_size)  # built on first use
+        return ClassMetrics(self.num_classes, build, "video", directions=self.labels == "digit_direction")
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:

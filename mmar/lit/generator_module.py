@@ -22,6 +22,7 @@ from mmar.code_patterns import CodePattern
 from mmar.conditioning import ConditionTokens, build_condition
 from mmar.errors import ConfigError
 from mmar.lit.batch_tokens import batch_tokens
+from mmar.lit.embedded_test import embedded_test_metrics
 from mmar.lit.optim import check_optimizer_settings, configure_adamw
 from mmar.lit.predict_sampler import batch_sampler, checked_sampler_settings
 from mmar.lit.tokenizer_module import model_inputs
@@ -55,6 +56,7 @@ class GeneratorModule(LightningModule):
         lr_schedule: str = "cosine",
         min_lr_ratio: float = 0.1,
         sampler: dict | None = None,
+        test_samples_per_class: int = 4,
     ):
         """A class- or text-conditional generator.
 
@@ -82,6 +84,9 @@ class GeneratorModule(LightningModule):
             min_lr_ratio: final LR fraction of the cosine schedule.
             sampler: `mmar predict`'s sampling settings, fields of `mmar.sampling.Sampler` (e.g.
                 {"cfg_scale": 2.0, "temperature": 1.0, "seed": 0}); the seed is offset by the batch index.
+            test_samples_per_class: samples per class (per benchmark prompt for text-to-image) that
+                `mmar test` draws with `sampler` at the end of the test epoch and scores with the data's
+                embedded metric (`test/class_accuracy`, `test/fd`, ...); 0 reports the losses only.
         """
         super().__init__()
         check_optimizer_settings(lr, betas, weight_decay, warmup_steps, lr_schedule, min_lr_ratio)
@@ -123,6 +128,10 @@ class GeneratorModule(LightningModule):
                 "the next_token unit handles; use next_token, or code_pattern: stack / flatten"
             )
         checked_sampler_settings(sampler)
+        if test_samples_per_class < 0:
+            raise ConfigError(
+                f"model.test_samples_per_class={test_samples_per_class} must be >= 0 (0: test losses only)"
+            )
         config = trunk_config(trunk, **(trunk_overrides or {}))
         self.trunk = Trunk(config)
         self.conditioning = build_condition(condition, config.d_model, num_classes, class_dropout)
@@ -213,6 +222,11 @@ class GeneratorModule(LightningModule):
 
     def test_step(self, batch: dict | None, batch_idx: int) -> None:
         self._log_eval_losses(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        metrics = embedded_test_metrics(self, datamodule, self.hparams.test_samples_per_class)
+        self.log_dict({f"test/{k}": v for k, v in metrics.items()}, sync_dist=True)
 
     def _log_eval_losses(self, batch: dict | None, split: str) -> None:
         """The unit's losses on a held-out batch, as `{split}/{name}` epoch means."""

@@ -110,6 +110,7 @@ def model_overrides(recipe: dict, request) -> tuple[list[str], dict | None]:
             f"--model.init_args.tokenizer={request.getfixturevalue(fixture)}",
             "--model.init_args.trunk=debug",
             f"--model.init_args.sampler={json.dumps(GUIDED)}",
+            "--model.init_args.test_samples_per_class=0",  # metrics: test_embedded_test_metrics.py
         ]
         condition = init_args.get("condition")
         if condition and "encoder" in condition.get("init_args", {}):  # a hub encoder: the packaged one
