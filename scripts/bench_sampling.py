@@ -202,7 +202,7 @@ class Bench:
                 **size,
                 **{**row.unit_kwargs, **overrides},
             )
-        except TypeError as err:
+        except (TypeError, ConfigError) as err:  # build_unit names model.unit_kwargs; here it is the flag
             raise ConfigError(f"--unit-kwargs for {row.name}: {err}") from None
         return unit.to(self.device).eval()
 

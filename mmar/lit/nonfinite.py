@@ -57,7 +57,7 @@ class NonFiniteGuard(Callback):
         """
         if action not in NONFINITE_ACTIONS:
             raise ConfigError(f"nonfinite.action='{action}' is unknown; choose one of {NONFINITE_ACTIONS}")
-        if max_skips < 1:
+        if not isinstance(max_skips, int) or max_skips < 1:
             raise ConfigError(f"nonfinite.max_skips={max_skips} must be at least 1")
         self.action, self.max_skips = action, max_skips
         self.num_skipped = 0  # steps skipped in this run
