@@ -23,47 +23,58 @@ DOC = REPO / "docs" / "workflow.md"
 
 QUICKSTART_FIT = ("--trainer.max_steps=2", "--trainer.limit_val_batches=1")
 
-# command as written (comments dropped, `\` lines joined, spaces collapsed) -> arguments appended for speed
-SPEED_OVERRIDES = {
-    "mmar fit --config configs/quickstart/digits_vq.yaml": QUICKSTART_FIT,
-    "mmar fit --config configs/quickstart/digits_ar.yaml": QUICKSTART_FIT,
-    "mmar fit --config configs/quickstart/digits_ar.yaml --config long_ar.yaml --model.init_args.lr=5e-4"
-    " --data.init_args.batch_size=32": QUICKSTART_FIT,
-    "mmar fit --config configs/quickstart/digits_ar.yaml --ckpt_path last": QUICKSTART_FIT,
-    "mmar fit --config configs/quickstart/digits_ar.yaml --trainer.strategy=ddp --trainer.devices=2"
-    " --trainer.accelerator=cpu": QUICKSTART_FIT,
-    "mmar export --ckpt runs/quickstart/ar/checkpoints/last.ckpt --out runs/quickstart/ar/export": (),
+# the doc's commands, as written (comments dropped, `\` lines joined, spaces collapsed)
+FIT_VQ = "mmar fit --config configs/quickstart/digits_vq.yaml"
+FIT_AR = "mmar fit --config configs/quickstart/digits_ar.yaml"
+FIT_LONG = f"{FIT_AR} --config long_ar.yaml --model.init_args.lr=5e-4 --data.init_args.batch_size=32"
+RESUME = f"{FIT_AR} --ckpt_path last"
+RESUME_LONGER = f"{RESUME} --trainer.max_steps=1000"
+FIT_DDP = f"{FIT_AR} --trainer.strategy=ddp --trainer.devices=2 --trainer.accelerator=cpu"
+EXPORT = "mmar export --ckpt runs/quickstart/ar/checkpoints/last.ckpt --out runs/quickstart/ar/export"
+SAMPLE = (
     "python scripts/sample.py --ckpt runs/quickstart/ar/export --out runs/quickstart/samples --per-class 50"
-    " --cfg-scale 3.0 --embedded-metrics": ("--per-class", "2"),
-    "mmar validate --config configs/quickstart/digits_ar.yaml --ckpt_path runs/quickstart/ar/checkpoints/last.ckpt": (
-        "--trainer.limit_val_batches=1",
-    ),
-    "mmar test --config configs/quickstart/digits_ar.yaml --ckpt_path runs/quickstart/ar/checkpoints/last.ckpt": (
-        "--trainer.limit_test_batches=1",
-    ),
-    "mmar predict --config configs/quickstart/digits_ar.yaml --ckpt_path runs/quickstart/ar/checkpoints/last.ckpt"
-    " --model.init_args.sampler='{cfg_scale: 2.0, seed: 0}' --trainer.limit_predict_batches=1": (
-        "--data.init_args.batch_size=4",
-    ),
-    "mmar predict --config configs/quickstart/digits_ar.yaml --ckpt_path runs/quickstart/ar/checkpoints/last.ckpt"
-    " --data=mmar.data.ClassLabelsDataModule --data.per_class=4 --data.batch_size=40"
-    " --model.init_args.sampler='{cfg_scale: 2.0, seed: 0}'"
-    " --prediction_writer.output_dir=runs/quickstart/predict_labels": ("--data.per_class=1",),
+    " --cfg-scale 3.0 --embedded-metrics"
+)
+ON_LAST = "--config configs/quickstart/digits_ar.yaml --ckpt_path runs/quickstart/ar/checkpoints/last.ckpt"
+SAMPLER = "--model.init_args.sampler='{cfg_scale: 2.0, seed: 0}'"
+VALIDATE, TEST = f"mmar validate {ON_LAST}", f"mmar test {ON_LAST}"
+PREDICT = f"mmar predict {ON_LAST} {SAMPLER} --trainer.limit_predict_batches=1"
+PREDICT_LABELS = (
+    f"mmar predict {ON_LAST} --data=mmar.data.ClassLabelsDataModule --data.per_class=4 --data.batch_size=40"
+    f" {SAMPLER} --prediction_writer.output_dir=runs/quickstart/predict_labels"
+)
+SAMPLE_EVAL = (
     "python scripts/sample_eval.py --ckpt runs/quickstart/ar/export --out runs/quickstart/eval --per-class 50"
-    " --cfg-scale 3.0": ("--per-class", "1", "--batch-size", "10"),
-    "mmar fit --config configs/quickstart/digits_ar.yaml --nonfinite.action=skip --nonfinite.max_skips=10": (
-        QUICKSTART_FIT
-    ),
+    " --cfg-scale 3.0"
+)
+FIT_NAN = f"{FIT_AR} --model.init_args.lr=1e6 --trainer.max_steps=20"
+FIT_SKIP_NAN = f"{FIT_AR} --nonfinite.action=skip --nonfinite.max_skips=10"
+L_FSDP = (
+    "fit --config configs/image/imagenet_ar_L_fsdp.yaml --trainer.num_nodes 2 --trainer.devices 8"
+    " --data.init_args.train_root /data/imagenet/train"
+)
+
+# commands that run -> arguments appended for speed, and nothing else
+SPEED_OVERRIDES = {
+    FIT_VQ: QUICKSTART_FIT,
+    FIT_AR: QUICKSTART_FIT,
+    FIT_LONG: QUICKSTART_FIT,
+    RESUME: QUICKSTART_FIT,
+    FIT_DDP: QUICKSTART_FIT,
+    EXPORT: (),
+    SAMPLE: ("--per-class", "2"),
+    VALIDATE: ("--trainer.limit_val_batches=1",),
+    TEST: ("--trainer.limit_test_batches=1",),
+    PREDICT: ("--data.init_args.batch_size=4",),
+    PREDICT_LABELS: ("--data.per_class=1",),
+    SAMPLE_EVAL: ("--per-class", "1", "--batch-size", "10"),
+    FIT_SKIP_NAN: QUICKSTART_FIT,
 }
 
 # commands the doc shows failing -> a fragment of their one `error:` line (exit status 2)
 REFUSED = {
-    "mmar fit --config configs/quickstart/digits_ar.yaml --ckpt_path last --trainer.max_steps=1000": (
-        "lr schedule spans 2 steps but this run has 1000"
-    ),
-    "mmar fit --config configs/quickstart/digits_ar.yaml --model.init_args.lr=1e6 --trainer.max_steps=20": (
-        "became NaN/inf at step"
-    ),
+    RESUME_LONGER: "lr schedule spans 2 steps but this run has 1000",
+    FIT_NAN: "became NaN/inf at step",
 }
 
 # commands a CPU test cannot run -> why
@@ -76,47 +87,32 @@ SKIPPED = {
         "downloads the Inception weights and needs ADM's reference batch (tests/unit/test_fid.py covers it)"
     ),
     "torchrun --nnodes 2 --nproc_per_node 8 --node_rank $NODE_RANK --master_addr $MASTER_ADDR"
-    " --master_port 29500 -m mmar.cli fit --config configs/image/imagenet_ar_L_fsdp.yaml --trainer.num_nodes 2"
-    " --trainer.devices 8 --data.init_args.train_root /data/imagenet/train": "two nodes of 8 GPUs",
-    "srun mmar fit --config configs/image/imagenet_ar_L_fsdp.yaml --trainer.num_nodes 2 --trainer.devices 8"
-    " --data.init_args.train_root /data/imagenet/train": "a SLURM job on two nodes of 8 GPUs",
+    f" --master_port 29500 -m mmar.cli {L_FSDP}": "two nodes of 8 GPUs",
+    f"srun mmar {L_FSDP}": "a SLURM job on two nodes of 8 GPUs",
 }
 
 # files the doc promises after a command (globs under the working directory)
 PROMISED = {
-    "mmar fit --config configs/quickstart/digits_vq.yaml": [
+    FIT_VQ: [
         "runs/quickstart/vq/tokenizer/config.json",
         "runs/quickstart/vq/tokenizer/model.safetensors",
         "runs/quickstart/vq/lightning_logs/version_0/events.out.tfevents.*",
         "runs/quickstart/vq/lightning_logs/version_0/config.yaml",
     ],
-    "mmar fit --config configs/quickstart/digits_ar.yaml": [
+    FIT_AR: [
         "runs/quickstart/ar/checkpoints/last.ckpt",
         "runs/quickstart/ar/lightning_logs/version_0/hparams.yaml",
     ],
-    "mmar fit --config configs/quickstart/digits_ar.yaml --config long_ar.yaml --model.init_args.lr=5e-4"
-    " --data.init_args.batch_size=32": ["runs/long_ar/checkpoints/last.ckpt", "runs/long_ar/lightning_logs"],
-    "mmar export --ckpt runs/quickstart/ar/checkpoints/last.ckpt --out runs/quickstart/ar/export": [
+    FIT_LONG: ["runs/long_ar/checkpoints/last.ckpt", "runs/long_ar/lightning_logs/version_0/config.yaml"],
+    EXPORT: [
         "runs/quickstart/ar/export/config.json",
         "runs/quickstart/ar/export/model.safetensors",
         "runs/quickstart/ar/export/tokenizer/model.safetensors",
     ],
-    "python scripts/sample.py --ckpt runs/quickstart/ar/export --out runs/quickstart/samples --per-class 50"
-    " --cfg-scale 3.0 --embedded-metrics": [
-        "runs/quickstart/samples/grid.png",
-        "runs/quickstart/samples/samples.npz",
-        "runs/quickstart/samples/metrics.json",
-    ],
-    "mmar predict --config configs/quickstart/digits_ar.yaml --ckpt_path runs/quickstart/ar/checkpoints/last.ckpt"
-    " --model.init_args.sampler='{cfg_scale: 2.0, seed: 0}' --trainer.limit_predict_batches=1": [
-        "runs/quickstart/ar/lightning_logs/version_*/predictions/000000.png"
-    ],
-    "mmar predict --config configs/quickstart/digits_ar.yaml --ckpt_path runs/quickstart/ar/checkpoints/last.ckpt"
-    " --data=mmar.data.ClassLabelsDataModule --data.per_class=4 --data.batch_size=40"
-    " --model.init_args.sampler='{cfg_scale: 2.0, seed: 0}'"
-    " --prediction_writer.output_dir=runs/quickstart/predict_labels": ["runs/quickstart/predict_labels/*.png"],
-    "python scripts/sample_eval.py --ckpt runs/quickstart/ar/export --out runs/quickstart/eval --per-class 50"
-    " --cfg-scale 3.0": ["runs/quickstart/eval/images/*.png", "runs/quickstart/eval/samples.npz"],
+    SAMPLE: [f"runs/quickstart/samples/{name}" for name in ("grid.png", "samples.npz", "metrics.json")],
+    PREDICT: ["runs/quickstart/ar/lightning_logs/version_*/predictions/000000.png"],
+    PREDICT_LABELS: ["runs/quickstart/predict_labels/*.png"],
+    SAMPLE_EVAL: ["runs/quickstart/eval/images/*.png", "runs/quickstart/eval/samples.npz"],
 }
 
 
@@ -138,7 +134,8 @@ def doc_steps(text: str) -> list[tuple[str, str]]:
 
 
 STEPS = doc_steps(DOC.read_text())
-COMMANDS = [line for kind, line in STEPS if kind == "command"]
+COMMAND_STEPS = [i for i, (kind, _) in enumerate(STEPS) if kind == "command"]
+COMMANDS = [STEPS[i][1] for i in COMMAND_STEPS]
 
 
 def test_every_command_is_run_refused_or_skipped():
@@ -168,13 +165,13 @@ class Walk:
         }
 
     def run_through(self, index: int) -> subprocess.CompletedProcess | None:
-        """Run steps up to and including `index`; the last one's result (None for a file or a skip)."""
-        if self.failed is not None and self.failed < index:
-            pytest.fail(f"an earlier step failed: {STEPS[self.failed][1][:100]}")
+        """Run the steps not run yet up to and including `index`; the last one's result (None for a file
+        or a skipped command). Stops at a failed step: the later ones depend on it."""
         result = None
         while self.done <= index:
-            kind, body = STEPS[self.done]
-            result = self._step(kind, body)
+            if self.failed is not None:
+                pytest.fail(f"an earlier step failed: {STEPS[self.failed][1]}")
+            result = self._step(*STEPS[self.done])
             self.done += 1
         return result
 
@@ -201,11 +198,7 @@ def walk(tmp_path_factory) -> Walk:
 
 
 @pytest.mark.timeout(1800)  # a step alone first runs the steps before it
-@pytest.mark.parametrize(
-    "index",
-    [i for i, (kind, _) in enumerate(STEPS) if kind == "command"],
-    ids=[f"{i:02d}-{' '.join(line.split()[:3])}" for i, (kind, line) in enumerate(STEPS) if kind == "command"],
-)
+@pytest.mark.parametrize("index", COMMAND_STEPS, ids=lambda i: f"{i:02d}-{'-'.join(STEPS[i][1].split()[:2])}")
 def test_command_runs_as_documented(walk, index):
     command = STEPS[index][1]
     if command in SKIPPED:
