@@ -109,12 +109,12 @@ def export_main(args: list[str]) -> None:
 def main(args: list[str] | None = None, run: bool = True) -> None:
     """Console script `mmar`; bad input ends with one `error: ...` line and exit code 2. `run=False`
     only parses and builds model, data and trainer (no subcommand in `args`)."""
-    args = sys.argv[1:] if args is None else args
+    words = sys.argv[1:] if args is None else args
     try:
-        if args[:1] == ["export"]:
-            export_main(args[1:])
+        if words[:1] == ["export"]:
+            export_main(words[1:])
         else:
-            MMARCLI(args=args, run=run)
+            MMARCLI(args=args, run=run)  # None: LightningCLI reads sys.argv itself (no warning)
     except Exception as err:
         config_error = _config_error_in(err)
         if config_error is None:
