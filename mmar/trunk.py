@@ -83,7 +83,7 @@ def rope_angles(positions: torch.Tensor, head_dim: int, base: float = 10000.0) -
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of x [B, H, T, D] by angles given as cos/sin [B or 1, 1, T, D/2]."""
+    """Rotate interleaved pairs of x [B, H, ..., T, D] by angles given as cos/sin [B or 1, 1, ..., T, D/2]."""
     x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, H, T, D/2) each
     out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
     return out.flatten(-2).type_as(x)
@@ -122,12 +122,15 @@ class Attention(nn.Module):
         self.n_head, self.head_dim = config.n_head, config.head_dim
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
         self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else nn.Identity()
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else None
 
     def forward(self, x, cos, sin, mask: Mask | None, cache: KVCache | None, layer: int):
-        q, k, v = self.qkv(x).unflatten(-1, (3, self.n_head, self.head_dim)).transpose(1, 3).unbind(2)
-        q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)  # (B, H, T, Dh)
+        qkv = self.qkv(x).unflatten(-1, (3, self.n_head, self.head_dim)).transpose(1, 3)  # (B, H, 3, T, Dh)
+        q, k, v = qkv.unbind(2)
+        qk = qkv[:, :, :2] if self.q_norm is None else torch.stack([self.q_norm(q), self.k_norm(k)], dim=2)
+        # one rotation of q and k together: a decode step is a few hundred tiny ops, each paid in overhead
+        q, k = apply_rope(qk, cos[..., None, :, :], sin[..., None, :, :]).unbind(2)  # (B, H, T, Dh) each
         q_offset = 0
         if cache is not None:
             q_offset = cache.length
