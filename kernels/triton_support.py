@@ -7,6 +7,7 @@ there). `auto` picks Triton only on CUDA; the interpreter is for tests, never a 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -17,6 +18,7 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@functools.cache  # a file-system search each time cost ~50 us per attention call of a decode step
 def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
