@@ -49,7 +49,7 @@ def cfg_mix(cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tenso
     """Classifier-free guidance on logits: u + s (c - u); `scale` is a float or per-row [B]."""
     if torch.is_tensor(scale) and scale.ndim == 1:
         scale = scale[:, None]
-    return uncond + scale * (cond - uncond)
+    return (scale * (cond - uncond)).add_(uncond)  # uncond + ..., adding into the fresh product
 
 
 def sample_reference(
@@ -68,10 +68,13 @@ def sample_reference(
         logits = cfg_mix(logits, uncond_logits.float(), cfg_scale)
     if temperature == 0:
         return logits.argmax(-1)
-    logits = filter_logits(logits / temperature, top_k, top_p, min_p)
-    uniform = torch.rand(logits.shape, generator=generator, device=logits.device)
-    gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-20)))  # (B, V)
-    return (logits + gumbel).argmax(-1)
+    if temperature != 1:  # x / 1 == x: the division would only cost a pass over [B, V]
+        logits = logits / temperature
+    logits = filter_logits(logits, top_k, top_p, min_p)
+    # in place on the fresh noise: the same values as -log(-log(u)) + logits, without four [B, V] temporaries
+    gumbel = torch.rand(logits.shape, generator=generator, device=logits.device)  # (B, V)
+    gumbel = gumbel.clamp_min_(1e-20).log_().neg_().log_().neg_()
+    return gumbel.add_(logits).argmax(-1)
 
 
 def sample(

@@ -17,8 +17,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# looked up once: a file-system search on every call cost ~100 us per attention and sample call of a decode
+# step on CPU (and a module constant, unlike a cached function, is plain to torch.compile)
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return TRITON_INSTALLED
 
 
 def triton_problem(*tensors: torch.Tensor) -> str | None:

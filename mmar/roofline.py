@@ -22,9 +22,11 @@ per row, A the in + out features of the per-token Linears, W every parameter of 
 Attention is counted dense (every query against every key it is given, as torch's FLOP counter counts
 it). A call of a unit's head or embedding on `rows` rows costs 2 rows P_lin flops and s (W + rows A)
 bytes with its own P_lin, W and A: every Linear of the module once per row, exact for the categorical and
-flow heads and the linear embeddings (heads that loop inside, like channel_ar, are undercounted). Norms,
-RoPE, softmax and token draws are not counted: the bound is a lower bound on the time. The FLOPs equal
-torch's FLOP counter on every mask, with and without the cache (tests/unit/test_roofline.py).
+flow heads and the linear embeddings (heads that loop inside, like channel_ar, are undercounted). W leaves
+out embedding tables, of which a call reads only the rows it looks up: a token head's sampling call reads
+its output projection, not its input embedding (counting it doubled the bound of a next-token head call).
+Norms, RoPE, softmax and token draws are not counted: the bound is a lower bound on the time. The FLOPs
+equal torch's FLOP counter on every mask, with and without the cache (tests/unit/test_roofline.py).
 """
 
 from __future__ import annotations
@@ -145,7 +147,9 @@ class Linears:
     features: int
     """In + out features summed over the Linears (activations read and written per row)."""
     weights: int
-    """Every parameter read by a call (Linears, norms, embeddings it owns)."""
+    """Every parameter read by a call: Linears, norms, biases; not embedding tables, of which a call reads
+    only the rows it looks up (a token head's call projects hidden states and never touches its input
+    embedding, which alone is as large as the projection)."""
     element: int
     """Bytes per parameter."""
 
@@ -158,10 +162,11 @@ class Linears:
             if isinstance(m, nn.Linear) and name.split(".")[-1] not in skip
         ]
         params = list(module.parameters())
+        tables = {id(m.weight) for m in module.modules() if isinstance(m, nn.Embedding)}
         return cls(
             params=sum(m.weight.numel() for m in linears),
             features=sum(m.in_features + m.out_features for m in linears),
-            weights=sum(p.numel() for p in params),
+            weights=sum(p.numel() for p in params if id(p) not in tables),
             element=params[0].element_size() if params else 4,
         )
 

@@ -83,7 +83,7 @@ def rope_angles(positions: torch.Tensor, head_dim: int, base: float = 10000.0) -
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of x [B, H, T, D] by angles given as cos/sin [B or 1, 1, T, D/2]."""
+    """Rotate interleaved pairs of x [B, H, ..., T, D] by angles given as cos/sin [B or 1, 1, ..., T, D/2]."""
     x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, H, T, D/2) each
     out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
     return out.flatten(-2).type_as(x)
@@ -122,12 +122,15 @@ class Attention(nn.Module):
         self.n_head, self.head_dim = config.n_head, config.head_dim
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
         self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else nn.Identity()
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else None
 
     def forward(self, x, cos, sin, mask: Mask | None, cache: KVCache | None, layer: int):
-        q, k, v = self.qkv(x).unflatten(-1, (3, self.n_head, self.head_dim)).transpose(1, 3).unbind(2)
-        q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)  # (B, H, T, Dh)
+        qkv = self.qkv(x).unflatten(-1, (3, self.n_head, self.head_dim)).transpose(1, 3)  # (B, H, 3, T, Dh)
+        q, k, v = qkv.unbind(2)
+        qk = qkv[:, :, :2] if self.q_norm is None else torch.stack([self.q_norm(q), self.k_norm(k)], dim=2)
+        # one rotation of q and k together: a decode step is a few hundred tiny ops, each paid in overhead
+        q, k = apply_rope(qk, cos[..., None, :, :], sin[..., None, :, :]).unbind(2)  # (B, H, T, Dh) each
         q_offset = 0
         if cache is not None:
             q_offset = cache.length
@@ -181,6 +184,7 @@ class Trunk(nn.Module):
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.final_ada = nn.Linear(config.d_model, 2 * config.d_model) if config.adaln else None
+        self.decode_step = None  # set by compile_decode
         self.apply(_init_weights)
         for ada in [block.ada for block in self.blocks] + [self.final_ada]:
             if ada is not None:  # adaLN-Zero: every block starts as the identity
@@ -188,6 +192,8 @@ class Trunk(nn.Module):
                 nn.init.zeros_(ada.bias)
 
     def make_cache(self, batch: int, max_len: int, device=None, dtype=torch.float32) -> KVCache:
+        if self.decode_step is not None:  # the compiled step keeps its buffers from call to call
+            return self.decode_step.cache(batch, max_len, device, dtype)
         return KVCache(self.config, batch, max_len, device=device, dtype=dtype)
 
     def with_prefix_padding(self, valid: torch.Tensor | None) -> Trunk | PrefixPadded:
@@ -220,12 +226,28 @@ class Trunk(nn.Module):
             raise ValueError("this trunk uses AdaLN (adaln=True) and needs a cond vector [B, D]")
         if positions.shape[-2] != x.shape[1]:
             raise ValueError(f"positions {tuple(positions.shape)} do not match {x.shape[1]} inputs")
+        if cache is not None and x.shape[1] == 1 and self.decode_step is not None:
+            return self.decode_step(x, positions, mask, cond, cache)  # compiled, static shapes
+        x = self.run(x, positions, mask, cond, cache)
+        if cache is not None:
+            cache.length += x.shape[1]
+        return x
+
+    def compile_decode(self, **compile_kwargs) -> Trunk:
+        """Run every one-token cached pass (a decode step) through `torch.compile` with static shapes
+        (`mmar.decode_step`); `compile_kwargs` go to torch.compile, e.g. mode="reduce-overhead" for CUDA
+        graphs on GPU. Other passes stay eager. Returns the trunk."""
+        from mmar.decode_step import StaticDecodeStep
+
+        self.decode_step = StaticDecodeStep(self, **compile_kwargs)
+        return self
+
+    def run(self, x, positions, mask, cond, cache) -> torch.Tensor:
+        """The stack without the checks and without advancing the cache: x [B, T, D] -> hidden [B, T, D]."""
         angles = rope_angles(positions, self.config.head_dim, self.config.rope_base)  # (B?, T, Dh/2)
         cos, sin = angles.cos().unsqueeze(-3), angles.sin().unsqueeze(-3)  # broadcast over heads
         for block in self.blocks:
             x = block(x, cos, sin, mask, cache, cond)
-        if cache is not None:
-            cache.length += x.shape[1]
         x = self.norm(x)
         if self.final_ada is not None:
             shift, scale = self.final_ada(F.silu(cond))[:, None].chunk(2, dim=-1)

@@ -5,6 +5,9 @@
     python scripts/bench_sampling.py --units next_token --compare-cache   # KV-cached vs uncached
     python scripts/bench_sampling.py --units masked_ar --unit-kwargs '{"masked_ar": {"steps": 16}}'
     python scripts/bench_sampling.py --quick                         # debug trunk, 8x8, batch 2: seconds
+    python scripts/bench_sampling.py --units next_token next_token[compiled] --repeats 3
+    python scripts/bench_sampling.py --units next_token[compiled] --device cuda \
+        --compile-kwargs '{"mode": "reduce-overhead"}'                 # CUDA graphs
 
 Scale (preset B of each paper): the discrete units (next_token, random_order, next_block, next_neighbor)
 draw 16 x 16 tokens of a 16384-word vocabulary (LlamaGen's VQ-16), the continuous ones (masked_ar,
@@ -15,7 +18,9 @@ anti-diagonal (31), masked_ar MAR's 64 steps, hi_mar 4 pivot steps + 64, next_x 
 tokens x 16 flow steps (1024); `--unit-kwargs` overrides them, keyed by unit
 ({"masked_ar": {"steps": 16}}) or for every unit ({"steps": 16}). Rows with a suffix are variants:
 `next_token[uncached]` decodes without the KV cache (`--compare-cache` adds it and prints the cache's
-speed-up, the script's former output) and `masked_ar[skip_masked]` runs MAR's faster path where the
+speed-up, the script's former output), `unit[compiled]` runs every one-token cached pass through
+`torch.compile` (`Trunk.compile_decode`, with `--compile-kwargs`; warmed up at the full batch, so the
+compilation is not timed), and `masked_ar[skip_masked]` runs MAR's faster path where the
 installed MaskedAR has that option (`all` includes it then). Weights are random: speed does not depend
 on them; fp32 throughout.
 
@@ -26,13 +31,16 @@ flops / throughput), with the bandwidth of copying a 256 MB tensor and the throu
 of the trunk's widest shape over all tokens of a guided pass, both measured here first. A pass is
 memory-bound when the first term wins (KV-cached decoding), compute-bound otherwise (bidirectional
 passes over every token). The unit's bound is the sum over its calls, labelled by the kind that makes up
-most of it; `fraction_of_bound` = bound / measured time (1: at the roofline). One JSON line per unit on
+most of it; `fraction_of_bound` = bound / measured time (1: at the roofline). The machine's numbers are
+the best of a few runs; `--repeats` times the generate call as often and keeps the fastest too, so that
+on a shared machine both sides of the fraction are measured alike. One JSON line per unit on
 stdout; the markdown table on stderr and in `--markdown`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import math
@@ -56,7 +64,9 @@ QUICK = {"preset": "debug", "grid": [8, 8], "batch": 2, "vocab": 512, "latent_di
 VARIANTS = {  # row suffix -> (constructor kwargs, generate kwargs) it sets
     "uncached": ({}, {"use_cache": False}),
     "skip_masked": ({"skip_masked": True}, {}),
+    "compiled": ({}, {}),  # the trunk's decode step compiled (`Trunk.compile_decode`)
 }
+COMPILED = "compiled"  # the variant that runs the trunk with `compile_decode(**--compile-kwargs)`
 CACHE_PAIR = ("next_token", "next_token[uncached]")  # --compare-cache: the script's former output
 NUM_CLASSES = 1000  # ImageNet's classes
 
@@ -155,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cfg-scale", type=float, default=2.0, help="guidance scale; 1 turns CFG off")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--warmup", type=int, default=1, help="untimed generate calls of one image first")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="timed generate calls per row; the fastest counts"
+    )
+    parser.add_argument(
+        "--compile-kwargs",
+        default="{}",
+        help='JSON torch.compile arguments of [compiled] rows, e.g. {"mode": "reduce-overhead"}',
+    )
     parser.add_argument("--copy-mb", type=int, default=256, help="size of the bandwidth copy (MB)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="debug trunk, 8x8 grid, batch 2, vocab 512")
@@ -169,8 +187,21 @@ def fill_defaults(args: argparse.Namespace) -> None:
             setattr(args, key, value)
     if args.batch < 1 or min(args.grid) < 1 or args.vocab < 2 or args.latent_dim < 1:
         raise ConfigError(f"need --batch, --grid, --latent-dim >= 1 and --vocab >= 2, got {vars(args)}")
-    if args.warmup < 0 or args.copy_mb < 1:
-        raise ConfigError(f"need --warmup >= 0 and --copy-mb >= 1, got {args.warmup} and {args.copy_mb}")
+    if args.warmup < 0 or args.copy_mb < 1 or args.repeats < 1:
+        raise ConfigError(
+            f"need --warmup >= 0, --repeats >= 1 and --copy-mb >= 1, got {args.warmup}, {args.repeats} and "
+            f"{args.copy_mb}"
+        )
+    try:
+        args.compile_kwargs = json.loads(args.compile_kwargs)
+    except json.JSONDecodeError as err:
+        raise ConfigError(
+            f'--compile-kwargs is not valid JSON ({err}); e.g. \'{{"mode": "reduce-overhead"}}\''
+        ) from None
+    if not isinstance(args.compile_kwargs, dict):
+        raise ConfigError(
+            f"--compile-kwargs must be a JSON object of torch.compile arguments, got {args.compile_kwargs!r}"
+        )
 
 
 class Bench:
@@ -213,15 +244,24 @@ class Bench:
         return unit.generate(self.trunk, cond, self.grid, sampler, **row.generate_kwargs)
 
     def measure(self, row: Row, unit: torch.nn.Module) -> tuple[dict, torch.Tensor]:
-        """Warm up, then time one generate call of the batch with every call recorded."""
-        for _ in range(self.args.warmup):  # first calls pay allocation, dispatch and kernel compilation
-            self.generate(unit, row, 1)
-        with CallRecorder(self.trunk, unit) as recorder:
-            synchronize(self.device)
-            start = time.perf_counter()
-            tokens = self.generate(unit, row, self.args.batch)
-            synchronize(self.device)
-            seconds = time.perf_counter() - start
+        """Warm up, then time `--repeats` generate calls of the batch (every call of the first recorded)."""
+        compiled = row.name.endswith(f"[{COMPILED}]")
+        if compiled:
+            self.trunk.compile_decode(**self.args.compile_kwargs)
+        try:
+            # first calls pay allocation, dispatch and kernel compilation; a compiled step compiles per shape
+            for _ in range(max(self.args.warmup, compiled)):
+                self.generate(unit, row, self.args.batch if compiled else 1)
+            seconds, recorder = math.inf, CallRecorder(self.trunk, unit)
+            for repeat in range(self.args.repeats):
+                with recorder if repeat == 0 else contextlib.nullcontext():
+                    synchronize(self.device)
+                    start = time.perf_counter()
+                    tokens = self.generate(unit, row, self.args.batch)
+                    synchronize(self.device)
+                    seconds = min(seconds, time.perf_counter() - start)
+        finally:
+            self.trunk.decode_step = None  # the next rows run eagerly
         return self.summary(row, unit, recorder, seconds), tokens
 
     def summary(self, row: Row, unit: torch.nn.Module, recorder: CallRecorder, seconds: float) -> dict:
@@ -242,6 +282,7 @@ class Bench:
             "cfg_scale": self.args.cfg_scale,
             "device": str(self.device),
             "threads": torch.get_num_threads(),
+            "repeats": self.args.repeats,
             "params_m": params / 1e6,
             "passes_per_image": len(passes),
             "num_steps": unit.num_steps(self.grid),

@@ -82,10 +82,30 @@ def test_bench_sampling_runs_skip_masked_once_masked_ar_takes_it(sampling, monke
     assert built == [False, True]
 
 
+def test_bench_sampling_compiled_row_decodes_through_the_compiled_step(sampling, monkeypatch):
+    steps = []
+    original = sampling.Trunk.compile_decode
+
+    def compile_decode(trunk, **kwargs):  # the real compiled step, counting the steps it runs
+        original(trunk, **kwargs)
+        compiled = trunk.decode_step.compiled
+        trunk.decode_step.compiled = lambda *args: steps.append(1) or compiled(*args)
+        return trunk
+
+    monkeypatch.setattr(sampling.Trunk, "compile_decode", compile_decode)
+    argv = ["--quick", "--copy-mb", "8", "--units", "next_token", "next_token[compiled]", "--repeats", "2"]
+    rows = sampling.main([*argv, "--compile-kwargs", '{"backend": "eager"}'])  # no C++ build in a test
+    assert [row["unit"] for row in rows] == ["next_token", "next_token[compiled]"]
+    assert all(row["passes_per_image"] == row["num_steps"] == 64 and row["repeats"] == 2 for row in rows)
+    assert len(steps) == 3 * 64  # the full-batch warm-up and both timed calls; the eager row none
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--units", "nope"], "unknown unit 'nope'"),
+        (["--repeats", "0"], "--repeats >= 1"),
+        (["--compile-kwargs", "[1]"], "--compile-kwargs must be a JSON object"),
         (["--units", "next_token[bogus]"], "unknown variant"),
         (["--units", "masked_ar[uncached]"], "has no 'use_cache' option"),
         (["--unit-kwargs", "{bad"], "--unit-kwargs is not valid JSON"),

@@ -114,3 +114,9 @@ def test_peak_memory_window_sees_a_new_allocation():
     reset_peak_memory("cpu")
     block = torch.ones(64 * 2**20 // 4)  # 64 MB
     assert peak_memory("cpu") >= block.numel() * 4
+
+
+def test_head_call_reads_its_projection_not_its_embedding_table():
+    head = CategoricalHead(64, 100)  # embedding 100 x 64 in, projection 64 -> 100 out
+    projection, activations = 64 * 100, 5 * (64 + 100)
+    assert Linears.of(head).cost(rows=5).bytes == 4 * (projection + activations)
