@@ -50,7 +50,7 @@ def score(ckpt: Path, args: argparse.Namespace, metrics: DigitsMetrics) -> dict:
     seconds = time.perf_counter() - start
     trained = [model.trunk, model.unit, model.conditioning]
     return {
-        "unit": model.hparams.unit,
+        "unit": model.hparams.unit + ("[skip_masked]" if getattr(model.unit, "skip_masked", False) else ""),
         "tokens": model.tokenizer.kind,
         "parameters": sum(p.numel() for m in trained for p in m.parameters()),
         "steps": steps,
