@@ -37,6 +37,7 @@ import torch
 import yaml
 
 from mmar.audio_io import save_spectrogram, write_wav
+from mmar.checkpoint_io import read_checkpoint
 from mmar.data.audio import PITCH_CLASSES, EmbeddedNotesDataModule
 from mmar.eval.audio import NotesMetrics, reconstruction_report
 from mmar.eval.report import merge_rows, train_and_score, train_recipe, write_marked
@@ -121,7 +122,7 @@ def tokenizer_table(rows: list[dict]) -> str:
 @torch.no_grad()
 def score_generator(ckpt: Path, recipe: str, args, metrics: NotesMetrics, notes: dict) -> dict:
     model = load_generator(ckpt)
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(ckpt, mmap=True)
     labels = torch.arange(NUM_CLASSES).repeat_interleave(args.per_class)  # grouped by class
     sampler = Sampler(cfg_scale=args.cfg_scale, seed=0)  # batch i seeded i
     clips, seconds, passes = sample_in_batches(model, labels, sampler, 96)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmar.checkpoint_io import read_checkpoint
 from mmar.eval.compositional import SPLITS, TASKS, benchmark_prompts, render_prompt, score_images
 from mmar.eval.report import merge_rows, train_and_score, write_marked
 from mmar.eval.step_budget import RUN_HEADER, cap_minutes, run_cells
@@ -45,7 +46,7 @@ def sample_t2i():
 def score(ckpt: Path, out: Path, args: argparse.Namespace) -> dict:
     """Sample and score both benchmark splits; the row of the table."""
     sampler = sample_t2i()
-    row = {"steps": torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]}
+    row = {"steps": read_checkpoint(ckpt, mmap=True)["global_step"]}
     for split in SPLITS:
         argv = ["--ckpt", str(ckpt), "--benchmark", split, "--score", "--per-prompt", str(args.per_prompt)]
         argv += ["--cfg-scale", str(args.cfg_scale), "--temperature", str(args.temperature)]

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmar.checkpoint_io import read_checkpoint
 from mmar.eval.compositional import (
     CAPTION_ATTRIBUTES,
     SPLITS,
@@ -70,7 +71,7 @@ def captioning(ckpt: Path, split: str, per_prompt: int, batch_size: int = 64) ->
 def score(ckpt: Path, out: Path, args: argparse.Namespace) -> dict:
     """Sample and score both benchmark splits (and caption them, for a unified model); the table's row."""
     sampler = sample_t2i()
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(ckpt, mmap=True)
     row = {"steps": checkpoint["global_step"]}
     for split in SPLITS:
         argv = ["--ckpt", str(ckpt), "--benchmark", split, "--score", "--per-prompt", str(args.per_prompt)]

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from mmar.checkpoint_io import read_checkpoint
 from mmar.eval.embedded import DigitsMetrics
 from mmar.eval.report import merge_rows, train_and_score, write_marked
 from mmar.eval.step_budget import RUN_HEADER, cap_minutes, run_cells
@@ -38,7 +39,7 @@ RECIPES = ["configs/quickstart/digits_ar.yaml", *sorted(map(str, Path("configs/u
 @torch.no_grad()
 def score(ckpt: Path, args: argparse.Namespace, metrics: DigitsMetrics) -> dict:
     model = load_generator(ckpt)
-    steps = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+    steps = read_checkpoint(ckpt, mmap=True)["global_step"]
     continuous = model.tokenizer.kind == "continuous"
     scale = args.cfg_scale_continuous if continuous else args.cfg_scale
     schedule = args.cfg_schedule_continuous if continuous else "constant"

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import yaml
 
+from mmar.checkpoint_io import read_checkpoint
 from mmar.data.video import DIRECTIONS, NUM_CLASSES, MovingDigitsDataModule, captions_of
 from mmar.eval.fid import to_uint8
 from mmar.eval.report import merge_rows, train_and_score, write_marked
@@ -64,7 +65,7 @@ def prefixed(metrics: dict, prefix: str) -> dict:
 @torch.no_grad()
 def score(ckpt: Path, args: argparse.Namespace, metrics: MovingDigitsMetrics, held_out: dict) -> dict:
     model = load_generator(ckpt)
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(ckpt, mmap=True)
     labels = torch.arange(NUM_LABELS).repeat_interleave(args.per_class)  # grouped by class
     sampler = Sampler(cfg_scale=args.cfg_scale, seed=0)  # batch i seeded i
     conditions = partial(conditions_of, model)

@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
 import yaml
 
+from mmar.checkpoint_io import read_checkpoint
 from mmar.eval.step_budget import max_time, run_plan, warn_if_marked
 
 
@@ -72,7 +72,7 @@ def train_and_score(
         if not ckpt.is_file():
             print(f"skipping {config}: no checkpoint at {ckpt} (train it first)", file=sys.stderr)
             continue
-        clock = trainer_seconds(torch.load(ckpt, map_location="cpu", weights_only=True))
+        clock = trainer_seconds(read_checkpoint(ckpt, mmap=True))
         row = {"recipe": config, **score(config, ckpt), "train_seconds": seconds, "trainer_seconds": clock}
         row.update(run_plan(config, steps))
         warn_if_marked(row, budget_minutes)
