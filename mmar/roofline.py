@@ -189,9 +189,12 @@ class TrunkCost:
         """A pass over `rows` sequences of `tokens` new tokens attending to `keys` keys (cache included)."""
         attention = 4 * self.layers * rows * tokens * keys * self.width
         flops = 2 * rows * tokens * self.tokens.params + 2 * rows * self.row_params + attention
-        kv = 2 * self.layers * rows * keys * self.width  # (K, V) of every layer
-        moved = self.tokens.weights + rows * tokens * self.tokens.features + kv
+        moved = self.tokens.weights + rows * tokens * self.tokens.features + self.kv_elements(rows, keys)
         return Cost(flops, self.tokens.element * moved)
+
+    def kv_elements(self, rows: int, keys: int) -> int:
+        """Elements of the cached K and V of every layer a pass over `rows` sequences attends to."""
+        return 2 * self.layers * rows * keys * self.width
 
 
 @dataclass(frozen=True)
@@ -266,6 +269,36 @@ class CallRecorder:
 
     def costs(self) -> list[tuple[Call, Cost]]:
         return [(call, self.cost(call)) for call in self.calls]
+
+
+def linear_weights(modules: list[nn.Module], skip: tuple[str, ...] = ADALN) -> list[torch.Tensor]:
+    """The weights of every Linear of `modules`, in call order, but those whose own name is in `skip`."""
+    return [
+        m.weight
+        for module in modules
+        for name, m in module.named_modules()
+        if isinstance(m, nn.Linear) and name.split(".")[-1] not in skip
+    ]
+
+
+def linear_chain_seconds(
+    calls: list[tuple[torch.Tensor, int]], repeats: int, device: torch.device | str
+) -> float:
+    """The fastest of `repeats` runs of `F.linear` over every (weight, rows) in turn, on that many rows:
+    the matmuls of a decode step by the op the step itself runs, each weight read once per chain as
+    decoding reads it once per pass. A step that runs these matmuls cannot take less, so its bound over
+    this time is the largest fraction of the bound it can reach with torch's matmul on this device."""
+    inputs = {}
+    for w, rows in calls:
+        key = (rows, w.shape[1], w.dtype)
+        inputs.setdefault(key, torch.randn(rows, w.shape[1], device=w.device, dtype=w.dtype))
+
+    @torch.no_grad()
+    def chain() -> None:
+        for w, rows in calls:
+            nn.functional.linear(inputs[(rows, w.shape[1], w.dtype)], w)
+
+    return best_seconds(chain, repeats, device)
 
 
 def release_memory(device: torch.device | str) -> None:

@@ -20,9 +20,9 @@ tokens x 16 flow steps (1024); `--unit-kwargs` overrides them, keyed by unit
 `next_token[uncached]` decodes without the KV cache (`--compare-cache` adds it and prints the cache's
 speed-up, the script's former output), `unit[compiled]` runs every one-token cached pass through
 `torch.compile` (`Trunk.compile_decode`, with `--compile-kwargs`; warmed up at the full batch, so the
-compilation is not timed), and `masked_ar[skip_masked]` runs MAR's faster path where the
-installed MaskedAR has that option (`all` includes it then). Weights are random: speed does not depend
-on them; fp32 throughout.
+compilation is not timed), and `masked_ar[skip_masked]` and `hi_mar[skip_masked]` run MAR's faster
+path where the installed unit has that option (`all` includes them then). Weights are random: speed
+does not depend on them; fp32 throughout.
 
 Per unit: trunk passes per image (all images of the batch share them; `num_steps` is what the unit
 predicts), seconds per image, and the bound measured in the same run (`mmar.roofline`): every trunk pass
@@ -33,8 +33,12 @@ memory-bound when the first term wins (KV-cached decoding), compute-bound otherw
 passes over every token). The unit's bound is the sum over its calls, labelled by the kind that makes up
 most of it; `fraction_of_bound` = bound / measured time (1: at the roofline). The machine's numbers are
 the best of a few runs; `--repeats` times the generate call as often and keeps the fastest too, so that
-on a shared machine both sides of the fraction are measured alike. One JSON line per unit on
-stdout; the markdown table on stderr and in `--markdown`.
+on a shared machine both sides of the fraction are measured alike. Rows that decode one token a pass
+(next_token, random_order) also time their matmuls alone: `F.linear` over every weight a pass reads, on
+the pass's rows, weight after weight as a step streams them; `linear_ceiling` = bound / (that time + the
+cached K and V at the copy bandwidth) is the largest fraction a step built on torch's matmul can reach
+here, however cheap the rest. One JSON line
+per unit on stdout; the markdown table on stderr and in `--markdown`.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ import torch
 from mmar.conditioning import ClassCondition
 from mmar.errors import ConfigError
 from mmar.eval.report import emit_table
-from mmar.roofline import CallRecorder, Machine, device_of, synchronize
+from mmar.roofline import CallRecorder, Machine, device_of, linear_chain_seconds, linear_weights, synchronize
 from mmar.sampling import Sampler
 from mmar.trunk import TRUNK_PRESETS, Trunk, trunk_config
 from mmar.units import UNITS, build_unit
@@ -112,12 +116,12 @@ def parse_row(name: str) -> Row:
 
 
 def all_rows() -> list[str]:
-    """Every registered unit, plus masked_ar[skip_masked] where MaskedAR has that option."""
+    """Every registered unit, plus unit[skip_masked] where masked_ar or hi_mar has that option."""
     names = []
     for unit in UNITS:
         names.append(unit)
-        if unit == "masked_ar" and accepts(UNITS[unit], "__init__", "skip_masked"):
-            names.append("masked_ar[skip_masked]")
+        if unit in ("masked_ar", "hi_mar") and accepts(UNITS[unit], "__init__", "skip_masked"):
+            names.append(f"{unit}[skip_masked]")
     return names
 
 
@@ -301,6 +305,30 @@ class Bench:
             "bandwidth_gb_s": machine.bandwidth / 1e9,
             "matmul_tflop_s": machine.throughput / 1e12,
             "matmul_shape": list(self.matmul),
+            **self.linear_ceiling(recorder, bound),
+        }
+
+    def linear_ceiling(self, recorder: CallRecorder, bound: float) -> dict:
+        """Rows that decode one token a pass (every pass memory-bound): the time their passes' matmuls take
+        by `F.linear` alone, each weight streamed once a pass (`linear_chain_seconds`), and the largest
+        fraction of the bound a step with those matmuls can reach: bound / (that time + the time of reading
+        the cached K and V at the copy bandwidth), however little the rest of the step costs."""
+        passes = recorder.passes
+        if not passes or any(call.tokens != 1 for call in passes):
+            return {}
+        calls = [(w, passes[-1].rows) for w in linear_weights([self.trunk])]
+        heads = [call for call in recorder.calls if call.module != "trunk"]
+        for name in dict.fromkeys(call.module for call in heads):  # each head its share of calls a pass
+            rows = next(call.rows for call in heads if call.module == name)
+            times = round(sum(call.module == name for call in heads) / len(passes))
+            calls += [(w, rows) for w in linear_weights([recorder.modules[name]])] * times
+        seconds = linear_chain_seconds(calls, max(3, self.args.repeats), self.device) * len(passes)
+        cost, element = recorder.trunk_cost, next(self.trunk.parameters()).element_size()
+        kv = sum(cost.kv_elements(call.rows, call.keys) for call in passes) * element / self.machine.bandwidth
+        return {
+            "linear_seconds_per_image": seconds / self.args.batch,
+            "kv_bound_seconds_per_image": kv / self.args.batch,
+            "linear_ceiling": bound / (seconds + kv),
         }
 
 
@@ -309,15 +337,16 @@ def markdown(results: list[dict], header: str) -> str:
         header,
         "",
         "| unit | passes / image | s / image | bound | bound s / image | fraction of bound "
-        "| passes memory / compute | heads' part of the bound |",
-        "|---|---|---|---|---|---|---|---|",
+        "| passes memory / compute | heads' part of the bound | ceiling of F.linear |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         heads = r["head_bound_seconds"] / (r["head_bound_seconds"] + r["trunk_bound_seconds"])
         lines.append(
             f"| {r['unit']} | {r['passes_per_image']} | {r['seconds_per_image']:.4g} | {r['bound']} | "
             f"{r['bound_seconds_per_image']:.3g} | {r['fraction_of_bound']:.3f} | "
-            f"{r['memory_bound_passes']} / {r['compute_bound_passes']} | {heads:.2f} |"
+            f"{r['memory_bound_passes']} / {r['compute_bound_passes']} | {heads:.2f} | "
+            f"{format(r['linear_ceiling'], '.3f') if 'linear_ceiling' in r else '-'} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -351,7 +380,12 @@ def run_rows(bench: Bench, rows: list[Row], overrides: dict[str, dict]) -> dict[
         print(
             f"{row.name:>24}: {result['passes_per_image']:5d} passes, "
             f"{result['seconds_per_image']:.4g} s/image, {result['bound']}-bound at "
-            f"{result['fraction_of_bound']:.3f} of the bound",
+            f"{result['fraction_of_bound']:.3f} of the bound"
+            + (
+                f" (at most {result['linear_ceiling']:.3f} with F.linear's matmuls)"
+                if "linear_ceiling" in result
+                else ""
+            ),
             file=sys.stderr,
         )
         print(json.dumps(result), flush=True)

@@ -52,6 +52,10 @@ def test_bench_sampling_rows_for_every_unit(sampling, tmp_path, capsys):
         assert row["bound"] in ("memory", "compute") and row["seconds_per_image"] > 0
     assert rows["masked_ar"]["passes_per_image"] == 4 and rows["next_x"]["passes_per_image"] == 16 * 2
     assert rows["next_token"]["memory_bound_passes"] > 0  # one-token decoding reads more than it computes
+    for name in ("next_token", "random_order"):  # one token a pass: the matmuls' own time is a ceiling
+        assert 0 < rows[name]["linear_seconds_per_image"] < rows[name]["seconds_per_image"], name
+        assert rows[name]["linear_ceiling"] > 0
+    assert "linear_ceiling" not in rows["masked_ar"]  # many tokens a pass: no one-token chain to time
     assert rows["next_token[uncached]"]["same_tokens"] and rows["next_token[uncached]"]["cache_speedup"] > 0
     assert "| masked_ar | 4 |" in table.read_text()
 
