@@ -37,8 +37,8 @@ on a shared machine both sides of the fraction are measured alike. Rows that dec
 (next_token, random_order) also time their matmuls alone: `F.linear` over every weight a pass reads, on
 the pass's rows, weight after weight as a step streams them; `linear_ceiling` = bound / (that time + the
 cached K and V at the copy bandwidth) is the largest fraction a step built on torch's matmul can reach
-here, however cheap the rest. One JSON line
-per unit on stdout; the markdown table on stderr and in `--markdown`.
+here, however cheap the rest. One JSON line per unit on stdout; the markdown table on stderr and in
+`--markdown`.
 """
 
 from __future__ import annotations
@@ -309,7 +309,7 @@ class Bench:
         }
 
     def linear_ceiling(self, recorder: CallRecorder, bound: float) -> dict:
-        """Rows that decode one token a pass (every pass memory-bound): the time their passes' matmuls take
+        """Rows that feed one new token a pass (KV-cached decoding): the time their passes' matmuls take
         by `F.linear` alone, each weight streamed once a pass (`linear_chain_seconds`), and the largest
         fraction of the bound a step with those matmuls can reach: bound / (that time + the time of reading
         the cached K and V at the copy bandwidth), however little the rest of the step costs."""

@@ -15,6 +15,8 @@ from mmar.roofline import (
     Machine,
     TrunkCost,
     compute_modules,
+    linear_chain_seconds,
+    linear_weights,
     peak_memory,
     reset_peak_memory,
 )
@@ -68,6 +70,14 @@ def test_decode_reads_every_weight_and_the_cache():
     kv = 4 * 2 * 2 * 16 * 100 * 64  # fp32 (K, V) of 2 layers, 16 rows, 100 keys, width 64
     activations = 4 * 16 * cost.tokens.features
     assert cost.pass_cost(rows=16, tokens=1, keys=100).bytes == weights + kv + activations
+
+
+def test_linear_weights_are_the_per_token_linears_the_cost_model_counts():
+    trunk = make_trunk(adaln=True)
+    weights = linear_weights([trunk])
+    assert sum(w.numel() for w in weights) == TrunkCost(trunk).tokens.params  # adaLN's per-row ones left out
+    assert all(w is not block.ada.weight for block in trunk.blocks for w in weights)
+    assert linear_chain_seconds([(w, 16) for w in weights], repeats=2, device="cpu") > 0
 
 
 @pytest.mark.parametrize("head", [FlowHead(64, 16, width=32, depth=2), CategoricalHead(64, 100)])
