@@ -32,6 +32,17 @@ def load_script():
     return load
 
 
+def one_line_error(capsys, *args, main=mmar_main) -> str:
+    """Run `main(args)` (the mmar CLI, or a script's main), require exit 2 with one `error: ` line on
+    stderr, and return that line."""
+    with pytest.raises(SystemExit) as exit_:
+        main(list(args))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
 def fit_debug_tokenizer(config: str, root) -> str:
     """Train a debug tokenizer recipe with a real `mmar fit` and return the folder it exports."""
     export = root / "tokenizer"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import one_line_error
 
 from mmar.cli import MMARCLI
 from mmar.cli import main as mmar_main
@@ -106,11 +107,8 @@ def test_unknown_config_key_is_named(tmp_path, capsys):
 
 def test_vocabulary_mismatch_is_one_line_error(debug_tokenizer, capsys):
     args = ["fit", "--config", "configs/debug/ar.yaml", f"--model.init_args.tokenizer={debug_tokenizer}"]
-    with pytest.raises(SystemExit) as exit_info:
-        mmar_main([*args, "--model.init_args.vocab_size=999", *QUIET])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: model.vocab_size=999 does not match") and "\n" not in err
+    err = one_line_error(capsys, *args, "--model.init_args.vocab_size=999", *QUIET)
+    assert err.startswith("error: model.vocab_size=999 does not match")
 
 
 def test_missing_tokenizer_path_is_one_line_error(capsys, tmp_path):

@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import one_line_error
 from PIL import Image
 
 from mmar.cli import main as mmar_main
@@ -70,8 +71,5 @@ def test_folder_generator_reports_losses_only(debug_tokenizer, tmp_path, capsys)
 
 def test_negative_samples_per_class_is_one_line_error(debug_tokenizer, capsys):
     args = ["test", "--config", "configs/debug/ar.yaml", f"--model.init_args.tokenizer={debug_tokenizer}"]
-    with pytest.raises(SystemExit) as exit_info:
-        mmar_main([*args, "--model.init_args.test_samples_per_class=-1", *QUIET])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: model.test_samples_per_class=-1 must be >= 0") and "\n" not in err
+    err = one_line_error(capsys, *args, "--model.init_args.test_samples_per_class=-1", *QUIET)
+    assert err.startswith("error: model.test_samples_per_class=-1 must be >= 0")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import fit_three_steps
+from conftest import fit_three_steps, one_line_error
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -187,15 +187,6 @@ def test_tokenizers_saved_without_an_image_size_still_load(debug_rgb_tokenizer):
     config = json.loads((Path(debug_rgb_tokenizer) / "config.json").read_text())
     assert "trained_image_size" not in config
     assert GeneratorModule(tokenizer=debug_rgb_tokenizer, image_size=64).grid == (16, 16)
-
-
-def one_line_error(capsys, *args) -> str:
-    with pytest.raises(SystemExit) as exit_:
-        mmar_main(list(args))
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    return err
 
 
 def test_a_checkpoint_with_a_pickled_object_is_refused(run, tmp_path, capsys):

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import one_line_error
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -96,11 +97,8 @@ def test_sample_script_decodes_speculatively_in_fewer_passes(trained, tmp_path, 
 
 
 def test_sample_script_missing_checkpoint_is_one_line_error(tmp_path, capsys, load_script):
-    with pytest.raises(SystemExit) as exit_info:
-        load_script("sample").main(["--ckpt", str(tmp_path / "missing.ckpt")])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: checkpoint not found") and "\n" not in err
+    err = one_line_error(capsys, "--ckpt", str(tmp_path / "missing.ckpt"), main=load_script("sample").main)
+    assert err.startswith("error: checkpoint not found")
 
 
 UNIT_CASES = {  # case -> (unit, tokenizer fixture, unit kwargs)
